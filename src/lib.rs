@@ -1,0 +1,226 @@
+//! A background task manager for responsive applications.
+//!
+//! A UI thread must never block. `bgtask` runs queries, downloads, decoding
+//! and thumbnails on a pool of worker threads, with priorities, groups,
+//! dependencies between tasks, cancellation and shut-down, and delivers
+//! every outcome as an [`Event`] that the owner thread drains on its own
+//! terms. It is the Rust home of the BackgroundTaskManager of a VFX
+//! pipeline toolkit, with the same contract and without its bugs.
+//!
+//! ```
+//! use bgtask::{Event, TaskManager};
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! let manager = TaskManager::builder().max_threads(4).start_processing(true).build()?;
+//! let events = manager.subscribe(); // drained on the owner (UI) thread
+//!
+//! let task = manager.add_task(|_ctx| Ok::<_, Infallible>(6 * 7))?;
+//!
+//! match events.recv_timeout(Duration::from_secs(10)).expect("no event") {
+//!     Event::Completed { id, result, .. } => {
+//!         assert_eq!(id, task.id());
+//!         assert_eq!(result.downcast_ref::<i32>(), Some(&42));
+//!     }
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! manager.shut_down();
+//! # Ok::<(), bgtask::Error>(())
+//! ```
+//!
+//! # Priorities
+//!
+//! Among ready tasks the highest [`priority`](TaskBuilder::priority) runs
+//! first; equal priorities run in the order they were added. A task added
+//! while a worker is free starts at once. Nothing starts while processing
+//! is paused ([`TaskManager::new`] starts paused, as the original did).
+//!
+//! ```
+//! use bgtask::{Event, TaskManager};
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! let manager = TaskManager::builder().max_threads(1).build()?; // paused
+//! let events = manager.subscribe();
+//! let low = manager.task().priority(-1).spawn(|_| Ok::<_, Infallible>(()))?;
+//! let first = manager.add_task(|_| Ok::<_, Infallible>(()))?;
+//! let second = manager.add_task(|_| Ok::<_, Infallible>(()))?;
+//! let high = manager.task().priority(5).spawn(|_| Ok::<_, Infallible>(()))?;
+//! manager.start_processing();
+//! let order: Vec<_> = (0..4)
+//!     .map(|_| events.recv_timeout(Duration::from_secs(10)).unwrap().task_id().unwrap())
+//!     .collect();
+//! assert_eq!(order, [high.id(), first.id(), second.id(), low.id()]);
+//! # Ok::<(), bgtask::Error>(())
+//! ```
+//!
+//! # Dependencies and kwargs
+//!
+//! [`after`](TaskBuilder::after) makes a task wait for upstream tasks. When
+//! an upstream completes with a [`Kwargs`] result, its entries are merged
+//! into the downstream task's kwargs (the upstream wins on a clash, a
+//! later upstream over an earlier one). A pass-through task
+//! ([`TaskBuilder::spawn_pass_through`]) joins several upstream results into
+//! one. An upstream id that this manager never issued is an error and
+//! nothing is added.
+//!
+//! ```
+//! use bgtask::{Event, Kwargs, TaskManager};
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! let manager = TaskManager::builder().start_processing(true).build()?;
+//! let events = manager.subscribe();
+//! let check = manager.add_task(|_| Ok::<_, Infallible>(Kwargs::new().with("cached", false)))?;
+//! let size = manager.add_task(|_| Ok::<_, Infallible>(Kwargs::new().with("bytes", 512u64)))?;
+//! let join = manager.add_pass_through_task([check.id(), size.id()])?;
+//! let mut last = None;
+//! while last.as_ref().and_then(Event::task_id) != Some(join.id()) {
+//!     last = Some(events.recv_timeout(Duration::from_secs(10)).unwrap());
+//! }
+//! if let Some(Event::Completed { result, .. }) = last {
+//!     let merged = result.downcast_ref::<Kwargs>().unwrap();
+//!     assert_eq!(merged.get::<bool>("cached"), Some(&false));
+//!     assert_eq!(merged.get::<u64>("bytes"), Some(&512));
+//! }
+//! # Ok::<(), bgtask::Error>(())
+//! ```
+//!
+//! # Failure
+//!
+//! A task fails when it returns `Err` or panics; the worker survives. Every
+//! live task downstream of it fails too, without running, with the same
+//! message, nearest first.
+//!
+//! ```
+//! use bgtask::{Event, TaskManager};
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! let manager = TaskManager::new();
+//! let events = manager.subscribe();
+//! let bad = manager.add_task(|_| -> Result<(), &str> { Err("disk full") })?;
+//! let next = manager.task().after([&bad]).spawn(|_| Ok::<_, Infallible>(()))?;
+//! manager.start_processing();
+//! for expected in [bad.id(), next.id()] {
+//!     match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+//!         Event::Failed { id, message, .. } => {
+//!             assert_eq!(id, expected);
+//!             assert_eq!(message, "disk full");
+//!         }
+//!         other => panic!("unexpected {other:?}"),
+//!     }
+//! }
+//! # Ok::<(), bgtask::Error>(())
+//! ```
+//!
+//! # Groups
+//!
+//! A task may belong to one [`Group`]. A group is stopped with
+//! [`TaskManager::stop_task_group`], and reports
+//! [`Event::GroupFinished`] right after the event of its last live task.
+//!
+//! ```
+//! use bgtask::{Event, TaskManager};
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! let manager = TaskManager::builder().start_processing(true).build()?;
+//! let events = manager.subscribe();
+//! let view = manager.next_group_id();
+//! for n in 0..3 {
+//!     manager.task().group(view.clone()).spawn(move |_| Ok::<_, Infallible>(n))?;
+//! }
+//! let mut seen = Vec::new();
+//! loop {
+//!     match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+//!         Event::GroupFinished { group } => { assert_eq!(group, view); break; }
+//!         event => seen.push(event),
+//!     }
+//! }
+//! assert_eq!(seen.len(), 3);
+//! # Ok::<(), bgtask::Error>(())
+//! ```
+//!
+//! # Stopping
+//!
+//! [`stop_task`](TaskManager::stop_task), [`stop_task_group`](TaskManager::stop_task_group)
+//! and [`stop_all_tasks`](TaskManager::stop_all_tasks) remove tasks, and
+//! optionally everything upstream or downstream of them. Stopping emits
+//! nothing, and once a stop call returns no event of a stopped task is
+//! delivered, even one that was already waiting in a subscription.
+//!
+//! ```
+//! use bgtask::TaskManager;
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! let manager = TaskManager::builder().max_threads(1).start_processing(true).build()?;
+//! let events = manager.subscribe();
+//! let done = manager.add_task(|_| Ok::<_, Infallible>(()))?;
+//! assert!(manager.wait_idle(Duration::from_secs(10)));
+//! // Finished, but its Completed is still queued: stopping it drops the event.
+//! assert_eq!(manager.stop_task(done.id(), false, false), 1);
+//! assert!(events.try_recv().is_err());
+//! # Ok::<(), bgtask::Error>(())
+//! ```
+//!
+//! # Shutting down
+//!
+//! [`TaskManager::shut_down`] stops everything, waits for running tasks and
+//! joins the workers; afterwards adding fails with [`Error::ShutDown`] and
+//! no event is delivered. Dropping the last clone of a manager shuts it
+//! down without waiting.
+//!
+//! # Events and the owner thread
+//!
+//! Every [`Subscription`] receives every event, in emission order, and keeps
+//! it until drained. An event loop that cannot block sets a
+//! [notifier](TaskManager::set_notifier) to be woken when events arrive,
+//! then drains with [`Subscription::try_iter`]. Events go to the
+//! subscriptions that exist when they are emitted; subscribe before adding.
+//!
+//! # Choices where the contract is silent
+//!
+//! - A task's events are dropped if no subscription exists when it ends;
+//!   such a task is no longer live once it ends.
+//! - Panics inside tasks are not printed: the panic hook `bgtask` installs
+//!   (once, chained to the previous hook) records the location for the
+//!   `Failed` traceback instead. Panics elsewhere reach the previous hook.
+//! - `wait_idle` and `shut_down` from inside a task cannot wait for that
+//!   task: the first times out, the second leaves the calling worker to
+//!   exit when its task returns.
+//! - A task closure that holds a clone of its own manager keeps it alive
+//!   (as any handle does) until the task runs or is stopped.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+mod builder;
+mod cell;
+mod error;
+mod event;
+mod handle;
+mod id;
+mod kwargs;
+mod manager;
+mod ready;
+mod result;
+mod state;
+mod subscription;
+mod sync;
+mod task;
+mod unwind;
+mod worker;
+
+pub use builder::Builder;
+pub use error::Error;
+pub use event::Event;
+pub use handle::TaskHandle;
+pub use id::{Group, TaskId};
+pub use kwargs::Kwargs;
+pub use manager::TaskManager;
+pub use result::TaskResult;
+pub use subscription::{RecvError, RecvTimeoutError, Subscription, TryRecvError};
+pub use task::{TaskBuilder, TaskContext};

@@ -1,0 +1,733 @@
+//! `TaskManager`: the public handle, and `Shared`, what its clones and the
+//! workers share.
+//!
+//! # The submission fast path
+//!
+//! A task without upstream needs nothing from the graph to be added, so it
+//! is pushed onto a lock-free inbox (`SegQueue`) instead of taking the
+//! scheduler lock. Whoever takes the lock next moves the inbox into the
+//! graph before doing anything else ([`Shared::lock`]), so every decision
+//! made under the lock sees every task added before it, in order: priority
+//! then FIFO hold exactly as if each add had taken the lock.
+//!
+//! The inbox may only be used when no worker is idle and none may be
+//! started, since otherwise the task must start at once (SPEC 2: "adding a
+//! ready task starts it at once if a worker is free"). Two races are closed
+//! by pairs of `SeqCst` operations (each side writes, fences, then reads
+//! what the other side writes):
+//!
+//! 1. Submitter pushes to the inbox then reads `idle_workers`; a worker
+//!    going idle publishes `idle_workers` then drains the inbox under the
+//!    lock. Either the worker sees the task, or the submitter sees the idle
+//!    worker and takes the lock to dispatch.
+//! 2. Submitter pushes then reads `processing`; `start_processing` writes
+//!    `processing` then takes the lock (draining the inbox) to dispatch.
+//!
+//! # Lock order
+//!
+//! There is one lock, `Shared::state`. Subscription queues are lock-free
+//! and the notifier and user `Drop`s run after it is released ([`Locked`]).
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::SegQueue;
+
+use crate::builder::Builder;
+use crate::cell::TaskCell;
+use crate::error::Error;
+use crate::handle::TaskHandle;
+use crate::id::{Group, TaskId};
+use crate::kwargs::Kwargs;
+use crate::state::{Mode, State, WorkerSlot};
+use crate::subscription::{self, Subscription};
+use crate::sync::{
+    fence, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
+};
+use crate::task::{Job, NewTask, Notifier, TaskBuilder, TaskContext};
+use crate::unwind;
+use crate::worker;
+
+/// Process-wide counter that gives each manager its own id space.
+static NEXT_MANAGER: AtomicU64 = AtomicU64::new(1);
+
+/// Jobs to drop once the lock is released (their captures' `Drop` is user code).
+#[derive(Default)]
+pub(crate) struct Garbage(Vec<Job>);
+
+impl Drop for Garbage {
+    fn drop(&mut self) {
+        for job in self.0.drain(..) {
+            unwind::contain(move || drop(job));
+        }
+    }
+}
+
+/// A notifier call owed once the lock is released.
+#[derive(Default)]
+pub(crate) struct DeferredNotify(Option<Notifier>);
+
+impl Drop for DeferredNotify {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.take() {
+            // A panicking notifier must not take the worker down (SPEC 7).
+            unwind::contain(|| n());
+        }
+    }
+}
+
+/// The scheduler lock, held. Dropping it releases the lock first, then
+/// drops collected jobs, then calls the notifier if an event landed in an
+/// empty queue (fields drop in declaration order).
+pub(crate) struct Locked<'a> {
+    /// The lock itself.
+    pub(crate) guard: MutexGuard<'a, State>,
+    /// Jobs to drop unlocked.
+    garbage: Garbage,
+    /// Notifier to call unlocked.
+    notify: DeferredNotify,
+}
+
+impl Locked<'_> {
+    /// Queues jobs to be dropped after unlocking.
+    pub(crate) fn discard(&mut self, jobs: impl IntoIterator<Item = Job>) {
+        self.garbage.0.extend(jobs);
+    }
+
+    /// Moves an owed notifier call from the state into this guard.
+    pub(crate) fn collect_notify(&mut self) {
+        if let Some(n) = self.guard.take_notify() {
+            self.notify.0 = Some(n);
+        }
+    }
+
+    /// Returns `true` if work is owed for when the lock is released.
+    pub(crate) fn has_deferred(&self) -> bool {
+        !self.garbage.0.is_empty() || self.notify.0.is_some()
+    }
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+/// What all clones of a manager and its workers share.
+pub(crate) struct Shared {
+    /// The scheduler state: the one lock.
+    state: Mutex<State>,
+    /// Tasks without upstream submitted without the lock (module docs).
+    inbox: SegQueue<NewTask>,
+    /// Mirror of `State::idle.len()`, for the fast path (race 1).
+    idle_workers: AtomicUsize,
+    /// Mirror of "fewer workers than `max_threads`".
+    can_spawn: AtomicBool,
+    /// Mirror of `mode == Processing` (race 2).
+    processing: AtomicBool,
+    /// Set by shut-down; subscriptions check it before delivering.
+    pub(crate) closed: Arc<AtomicBool>,
+    /// Next task sequence number.
+    next_seq: AtomicU64,
+    /// Next number handed out by `next_group_id`.
+    next_group: AtomicU64,
+    /// This manager's process-unique id (part of every `TaskId`).
+    pub(crate) manager_id: u64,
+    /// Signalled when the manager may have become idle.
+    idle_cv: Condvar,
+    /// Most tasks running at once.
+    max_threads: usize,
+    /// Worker thread name prefix.
+    thread_name: String,
+}
+
+impl Shared {
+    /// Takes the scheduler lock and moves the inbox into the graph.
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        let mut locked = Locked {
+            guard: self.state.lock(),
+            garbage: Garbage::default(),
+            notify: DeferredNotify::default(),
+        };
+        self.drain_inbox(&mut locked);
+        locked
+    }
+
+    /// Moves every task of the inbox into the graph, in submission order.
+    fn drain_inbox(&self, st: &mut Locked<'_>) {
+        while let Some(task) = self.inbox.pop() {
+            if let Some(job) = st.insert_from_inbox(task) {
+                st.discard([job]);
+            }
+        }
+    }
+
+    /// Returns `true` if an added task could start at once.
+    fn wants_dispatch(&self) -> bool {
+        self.processing.load(Ordering::SeqCst)
+            && (self.idle_workers.load(Ordering::SeqCst) > 0
+                || self.can_spawn.load(Ordering::SeqCst))
+    }
+
+    /// Adds a task; see `TaskBuilder::spawn`.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        job: Job,
+        priority: i32,
+        group: Option<Group>,
+        after: Vec<TaskId>,
+        kwargs: Kwargs,
+    ) -> Result<TaskId, Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        if after.is_empty() {
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            let cell = Arc::new(TaskCell::new(seq));
+            let task = NewTask {
+                cell,
+                job,
+                priority,
+                group,
+                kwargs,
+                upstream: Vec::new(),
+            };
+            if self.wants_dispatch() {
+                let mut st = self.lock();
+                if let Some(job) = st.insert_from_inbox(task) {
+                    st.discard([job]);
+                }
+                self.dispatch(&mut st);
+            } else {
+                self.inbox.push(task);
+                fence(Ordering::SeqCst); // races 1 and 2
+                if self.wants_dispatch() {
+                    let mut st = self.lock();
+                    self.dispatch(&mut st);
+                }
+            }
+            return Ok(TaskId {
+                seq,
+                manager: self.manager_id,
+            });
+        }
+        let mut st = self.lock();
+        if st.mode == Mode::ShutDown {
+            return Err(Error::ShutDown);
+        }
+        let issued = self.next_seq.load(Ordering::Relaxed);
+        let mut upstream = Vec::with_capacity(after.len());
+        for id in after {
+            if id.manager != self.manager_id || id.seq >= issued {
+                return Err(Error::UnknownTask { id });
+            }
+            upstream.push(id.seq);
+        }
+        upstream.sort_unstable();
+        upstream.dedup();
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let cell = Arc::new(TaskCell::new(seq));
+        st.insert(NewTask {
+            cell,
+            job,
+            priority,
+            group,
+            kwargs,
+            upstream,
+        });
+        self.dispatch(&mut st);
+        Ok(TaskId {
+            seq,
+            manager: self.manager_id,
+        })
+    }
+
+    /// Hands ready tasks to idle workers, starting workers as needed, while
+    /// processing is on. A worker is woken only with a task in hand.
+    pub(crate) fn dispatch(self: &Arc<Self>, st: &mut Locked<'_>) {
+        if st.mode == Mode::Processing {
+            while st.queued > 0 {
+                let w = match st.idle.pop() {
+                    Some(w) => w,
+                    None if st.workers.len() < self.max_threads => match self.spawn_worker(st) {
+                        Some(w) => w,
+                        None => break,
+                    },
+                    None => break,
+                };
+                let Some(task) = st.pop_ready(self.manager_id) else {
+                    st.idle.push(w);
+                    break;
+                };
+                let slot = &mut st.workers[w];
+                slot.idle = false;
+                slot.assigned = Some(task);
+                slot.signal.notify_one();
+            }
+        }
+        self.idle_workers.store(st.idle.len(), Ordering::SeqCst);
+        self.can_spawn
+            .store(st.workers.len() < self.max_threads, Ordering::SeqCst);
+    }
+
+    /// Starts a worker thread for slot `workers.len()`; returns its index.
+    fn spawn_worker(self: &Arc<Self>, st: &mut Locked<'_>) -> Option<usize> {
+        let w = st.workers.len();
+        let shared = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name(format!("{}-{}", self.thread_name, w))
+            .spawn(move || worker::run(shared, w));
+        match spawned {
+            Ok(handle) => {
+                st.workers.push(WorkerSlot {
+                    signal: Arc::new(Condvar::new()),
+                    assigned: None,
+                    idle: false,
+                });
+                st.handles.push(handle);
+                Some(w)
+            }
+            // Tasks stay queued; the next add or finish tries again.
+            Err(_) => None,
+        }
+    }
+
+    /// Marks worker `w` idle, then gives it work if any arrived meanwhile.
+    pub(crate) fn go_idle(self: &Arc<Self>, st: &mut Locked<'_>, w: usize) {
+        st.workers[w].idle = true;
+        st.idle.push(w);
+        self.idle_workers.store(st.idle.len(), Ordering::SeqCst);
+        fence(Ordering::SeqCst); // race 1
+        self.drain_inbox(st);
+        self.dispatch(st);
+        self.wake_idle_waiters(st);
+    }
+
+    /// Wakes `wait_idle` callers if the manager is idle.
+    pub(crate) fn wake_idle_waiters(&self, st: &Locked<'_>) {
+        if st.idle_waiters > 0 && st.is_idle() {
+            self.idle_cv.notify_all();
+        }
+    }
+
+    /// Shuts down; joins workers if `join` (skipping the calling thread if
+    /// it is one of them).
+    fn shut_down(&self, join: bool) {
+        let handles = {
+            let mut st = self.lock();
+            self.processing.store(false, Ordering::SeqCst);
+            self.closed.store(true, Ordering::SeqCst);
+            let jobs = st.shut_down();
+            st.discard(jobs);
+            for slot in &st.workers {
+                slot.signal.notify_one();
+            }
+            self.idle_cv.notify_all();
+            std::mem::take(&mut st.handles)
+        };
+        if join {
+            let me = thread::current().id();
+            for h in handles {
+                if h.thread().id() != me {
+                    // A worker only panics on a bug of ours; nothing to report to.
+                    let _ = h.join();
+                }
+            }
+        }
+    }
+}
+
+/// The last `TaskManager` clone going away shuts the manager down.
+struct Handle {
+    /// The shared state.
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Don't block: a running task might never return. Workers exit as
+        // soon as their current task returns.
+        self.shared.shut_down(false);
+    }
+}
+
+/// A background task manager: a pool of worker threads running prioritised,
+/// grouped, dependent tasks whose outcomes are delivered as [`Event`](crate::Event)s
+/// to the threads that [`subscribe`](TaskManager::subscribe).
+///
+/// Cloning is cheap and every clone controls the same manager. All methods
+/// may be called from any thread, including from inside a running task.
+/// Dropping the last clone shuts the manager down without waiting (see
+/// [`shut_down`](TaskManager::shut_down)).
+///
+/// See the [crate documentation](crate) for a guided tour.
+#[derive(Clone)]
+pub struct TaskManager {
+    /// Shared by all clones; its drop shuts down.
+    handle: Arc<Handle>,
+}
+
+impl fmt::Debug for TaskManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.handle.shared;
+        f.debug_struct("TaskManager")
+            .field("id", &shared.manager_id)
+            .field("max_threads", &shared.max_threads)
+            .field("processing", &shared.processing.load(Ordering::Relaxed))
+            .field("shut_down", &shared.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TaskManager {
+    fn default() -> Self {
+        TaskManager::new()
+    }
+}
+
+impl TaskManager {
+    /// Returns a [`Builder`] with the defaults: `max_threads` 8, processing
+    /// off until [`start_processing`](Self::start_processing).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Creates a manager with the defaults: up to 8 worker threads, and
+    /// processing off until [`start_processing`](Self::start_processing)
+    /// (as in the original toolkit).
+    pub fn new() -> TaskManager {
+        TaskManager::from_builder(Builder::default())
+    }
+
+    /// Creates a manager from a validated builder.
+    pub(crate) fn from_builder(b: Builder) -> TaskManager {
+        let mode = if b.start_processing {
+            Mode::Processing
+        } else {
+            Mode::Paused
+        };
+        let shared = Shared {
+            state: Mutex::new(State::new(mode)),
+            inbox: SegQueue::new(),
+            idle_workers: AtomicUsize::new(0),
+            can_spawn: AtomicBool::new(true),
+            processing: AtomicBool::new(b.start_processing),
+            closed: Arc::new(AtomicBool::new(false)),
+            next_seq: AtomicU64::new(0),
+            next_group: AtomicU64::new(0),
+            manager_id: NEXT_MANAGER.fetch_add(1, Ordering::Relaxed),
+            idle_cv: Condvar::new(),
+            max_threads: b.max_threads,
+            thread_name: b.thread_name,
+        };
+        TaskManager {
+            handle: Arc::new(Handle {
+                shared: Arc::new(shared),
+            }),
+        }
+    }
+
+    /// Returns the shared state.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// Returns the most tasks that may run at once.
+    pub fn max_threads(&self) -> usize {
+        self.shared().max_threads
+    }
+
+    /// Adds a task with default settings (priority 0, no group, no upstream,
+    /// no kwargs). The short form of `task().spawn(f)`; see
+    /// [`TaskBuilder::spawn`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShutDown`] after shut-down.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::{Event, TaskManager};
+    /// use std::time::Duration;
+    ///
+    /// let manager = TaskManager::builder().start_processing(true).build()?;
+    /// let events = manager.subscribe();
+    /// let task = manager.add_task(|_| "abc".parse::<u32>())?; // fails: not a number
+    /// match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+    ///     Event::Failed { id, message, .. } => {
+    ///         assert_eq!(id, task.id());
+    ///         assert_eq!(message, "invalid digit found in string");
+    ///     }
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// # Ok::<(), bgtask::Error>(())
+    /// ```
+    #[track_caller]
+    pub fn add_task<F, T, E>(&self, f: F) -> Result<TaskHandle<T>, Error>
+    where
+        F: FnOnce(&TaskContext) -> Result<T, E> + Send + 'static,
+        T: Send + Sync + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.task().spawn(f)
+    }
+
+    /// Returns a [`TaskBuilder`] to add a task with a priority, group,
+    /// upstream tasks or kwargs.
+    pub fn task(&self) -> TaskBuilder<'_> {
+        TaskBuilder::new(self)
+    }
+
+    /// Adds a pass-through task after `upstream`: the short form of
+    /// `task().after(upstream).spawn_pass_through()`. It completes with the
+    /// merged [`Kwargs`] results of its upstream tasks.
+    ///
+    /// # Errors
+    ///
+    /// As [`TaskBuilder::spawn`].
+    pub fn add_pass_through_task<I>(&self, upstream: I) -> Result<TaskHandle<Kwargs>, Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<TaskId>,
+    {
+        self.task().after(upstream).spawn_pass_through()
+    }
+
+    /// Returns a fresh numbered group: 0, then 1, 2, ... for each call on
+    /// this manager.
+    pub fn next_group_id(&self) -> Group {
+        Group::from(self.shared().next_group.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Turns processing on: ready tasks start, highest priority first, as
+    /// workers are free. Tasks added while paused were queued in order.
+    pub fn start_processing(&self) {
+        let shared = self.shared();
+        let mut st = shared.lock();
+        if st.mode == Mode::Paused {
+            st.mode = Mode::Processing;
+            shared.processing.store(true, Ordering::SeqCst);
+            shared.dispatch(&mut st);
+        }
+    }
+
+    /// Turns processing off: no task starts, including tasks added while
+    /// paused. Running tasks finish and their events are delivered as normal.
+    pub fn pause_processing(&self) {
+        let shared = self.shared();
+        let mut st = shared.lock();
+        if st.mode == Mode::Processing {
+            st.mode = Mode::Paused;
+            shared.processing.store(false, Ordering::SeqCst);
+            shared.wake_idle_waiters(&st);
+        }
+    }
+
+    /// Returns `true` while processing is on.
+    pub fn is_processing(&self) -> bool {
+        self.shared().processing.load(Ordering::SeqCst)
+    }
+
+    /// Stops task `id`, and with `stop_upstream` every live task upstream
+    /// of it, with `stop_downstream` every live task downstream, applying
+    /// the same rule again from each task stopped (so with both flags the
+    /// whole connected part of the live graph stops). Returns how many tasks
+    /// were stopped.
+    ///
+    /// A queued or blocked task never runs. A running task runs on to its
+    /// end (its worker stays busy; [`TaskContext::is_stopped`] turns true)
+    /// but its outcome is dropped. A task that finished but whose event
+    /// still waits in some subscription is stopped too: once this call
+    /// returns, no subscription delivers its `Completed`/`Failed`, nor the
+    /// `GroupFinished` its end caused. Stopping never emits events.
+    ///
+    /// Downstream tasks that are not stopped themselves run without the
+    /// stopped task's result once their other upstream tasks are done.
+    /// Unknown ids, ids of another manager, and tasks whose events were all
+    /// delivered stop nothing (returns 0; not an error).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::TaskManager;
+    /// use std::convert::Infallible;
+    ///
+    /// let manager = TaskManager::new(); // paused
+    /// let a = manager.add_task(|_| Ok::<_, Infallible>(()))?;
+    /// let b = manager.task().after([&a]).spawn(|_| Ok::<_, Infallible>(()))?;
+    /// let c = manager.task().after([&b]).spawn(|_| Ok::<_, Infallible>(()))?;
+    /// assert_eq!(manager.stop_task(b.id(), false, true), 2); // b and c
+    /// assert_eq!(manager.stop_task(c.id(), true, true), 0);  // already gone
+    /// assert_eq!(manager.stop_task(a.id(), false, false), 1);
+    /// # Ok::<(), bgtask::Error>(())
+    /// ```
+    pub fn stop_task(&self, id: TaskId, stop_upstream: bool, stop_downstream: bool) -> usize {
+        let shared = self.shared();
+        if id.manager != shared.manager_id {
+            return 0;
+        }
+        self.stop_with(|_| vec![id.seq], stop_upstream, stop_downstream)
+    }
+
+    /// Stops every live task of `group`, with the same flags and guarantees
+    /// as [`stop_task`](Self::stop_task). Returns how many tasks were
+    /// stopped (including those reached through the flags).
+    pub fn stop_task_group(
+        &self,
+        group: &Group,
+        stop_upstream: bool,
+        stop_downstream: bool,
+    ) -> usize {
+        self.stop_with(|st| st.group_members(group), stop_upstream, stop_downstream)
+    }
+
+    /// Stops every live task, with the guarantees of
+    /// [`stop_task`](Self::stop_task). Returns how many tasks were stopped.
+    /// The manager stays usable.
+    pub fn stop_all_tasks(&self) -> usize {
+        self.stop_with(State::all_live, false, false)
+    }
+
+    /// Runs a stop on the seeds chosen by `seeds` under the lock.
+    fn stop_with(&self, seeds: impl FnOnce(&State) -> Vec<u64>, up: bool, down: bool) -> usize {
+        let shared = self.shared();
+        let mut st = shared.lock();
+        let seeds = seeds(&st);
+        if seeds.is_empty() {
+            return 0;
+        }
+        let stopped = st.stop(seeds, up, down);
+        st.discard(stopped.jobs);
+        shared.dispatch(&mut st);
+        shared.wake_idle_waiters(&st);
+        stopped.count
+    }
+
+    /// Blocks until no task is running and none can start (nothing is
+    /// ready, or processing is paused), or `timeout` passes. Returns `true`
+    /// if the manager is idle. A stopped task that is still running counts
+    /// as running. Events may still wait in subscriptions.
+    ///
+    /// Called from inside a task, it cannot see the manager idle (that task
+    /// is running) and returns `false` after `timeout`.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let shared = self.shared();
+        let deadline = Instant::now().checked_add(timeout);
+        let mut st = shared.lock();
+        while !st.is_idle() {
+            st.idle_waiters += 1;
+            let timed_out = match deadline {
+                Some(d) => shared.idle_cv.wait_until(&mut st.guard, d).timed_out(),
+                None => {
+                    shared.idle_cv.wait(&mut st.guard);
+                    false
+                }
+            };
+            st.idle_waiters -= 1;
+            if timed_out {
+                return st.is_idle();
+            }
+        }
+        true
+    }
+
+    /// Shuts the manager down: stops every task (queued and blocked tasks
+    /// never run; the outcomes of running tasks and every event still
+    /// queued are dropped), starts nothing more, waits for running tasks to
+    /// return and joins every worker thread.
+    ///
+    /// After it returns no event is delivered (subscriptions report
+    /// disconnection), no worker thread exists, and adding a task fails with
+    /// [`Error::ShutDown`]. Calling it again is harmless. Called from inside
+    /// a task, it does all of this except joining the calling worker, which
+    /// exits as soon as its task returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::{Error, TaskManager};
+    /// use std::convert::Infallible;
+    ///
+    /// let manager = TaskManager::builder().start_processing(true).build()?;
+    /// manager.add_task(|_| Ok::<_, Infallible>(()))?;
+    /// manager.shut_down();
+    /// manager.shut_down(); // harmless
+    /// assert_eq!(manager.add_task(|_| Ok::<_, Infallible>(())).unwrap_err(), Error::ShutDown);
+    /// # Ok::<(), bgtask::Error>(())
+    /// ```
+    pub fn shut_down(&self) {
+        self.shared().shut_down(true);
+    }
+
+    /// Returns a new [`Subscription`] that receives every event emitted from
+    /// now on. Subscribe before adding the tasks you want to hear about.
+    /// After shut-down the subscription is disconnected at once.
+    pub fn subscribe(&self) -> Subscription {
+        let shared = self.shared();
+        let (sender, subscription) = subscription::pair(Arc::clone(&shared.closed));
+        let mut st = shared.lock();
+        if st.mode != Mode::ShutDown {
+            st.subscribe(sender);
+        }
+        subscription
+    }
+
+    /// Sets the function called when an event lands in a subscription queue
+    /// that was empty, replacing any previous one.
+    ///
+    /// It is called from the thread that queued the event (usually a
+    /// worker), after the manager's lock is released, so it may call the
+    /// manager. It is not called again for events that join a queue not yet
+    /// drained to empty (with [`Subscription::try_recv`] or
+    /// [`Subscription::try_iter`]), so a busy pool does not flood the event
+    /// loop. A panic in it is contained.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::TaskManager;
+    /// use std::convert::Infallible;
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    ///
+    /// let manager = TaskManager::builder().start_processing(true).build()?;
+    /// let events = manager.subscribe();
+    /// let (wake, woken) = mpsc::channel();
+    /// manager.set_notifier(move || { let _ = wake.send(()); });
+    /// manager.add_task(|_| Ok::<_, Infallible>(()))?;
+    /// woken.recv_timeout(Duration::from_secs(10)).expect("notifier was not called");
+    /// assert_eq!(events.try_iter().count(), 1);
+    /// # Ok::<(), bgtask::Error>(())
+    /// ```
+    pub fn set_notifier<F>(&self, notifier: F)
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        self.shared().lock().notifier = Some(Arc::new(notifier));
+    }
+}
+
+/// Compile-time proof of the thread-safety promises.
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<TaskManager>();
+    is::<TaskHandle<std::rc::Rc<u8>>>();
+    is::<crate::Event>();
+    is::<crate::TaskResult>();
+    is::<Kwargs>();
+    is::<Group>();
+    is::<TaskId>();
+    is::<Error>();
+    fn is_send<T: Send>() {}
+    is_send::<Subscription>();
+}

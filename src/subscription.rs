@@ -1,0 +1,303 @@
+//! Event queues: fan-out to subscribers, the notifier, and dropping events of
+//! tasks stopped after their event was queued.
+//!
+//! Each subscription is an unbounded channel. Events are pushed under the
+//! scheduler lock, so every subscriber sees the same order, and received on
+//! the owner's thread without any lock of ours. An event of a task carries
+//! the task's [`TaskCell`]; receiving it *settles* the cell (see the cell's
+//! invariants), which either delivers it or, if the task was stopped in the
+//! meantime, discards it. So once a stop call returns, no queue can hand out
+//! an event of a task it stopped.
+//!
+//! # The notifier protocol
+//!
+//! `armed` is `true` when the receiver may have seen its queue empty. A
+//! sender queues first and then swaps `armed` to `false`; it calls the
+//! notifier if it was `true`. A receiver that finds the queue empty stores
+//! `true` and then looks once more. With both sides `SeqCst`, either the
+//! receiver's second look sees the new event or the sender's swap sees
+//! `true`: an event never lands unnoticed in a queue its owner believes
+//! empty, and a busy pool does not call the notifier per event.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError as CbTryRecvError};
+
+use crate::cell::TaskCell;
+use crate::event::Event;
+use crate::sync::{Arc, AtomicBool, Ordering};
+
+/// One queued event and the task cell that decides whether it may be delivered.
+pub(crate) struct Envelope {
+    /// The event; `None` once taken.
+    event: Option<Event>,
+    /// The task the event is about (for `GroupFinished`, the task whose end
+    /// finished the group); `None` for events that cannot be stopped.
+    gate: Option<Arc<TaskCell>>,
+    /// `true` if this is a terminal event counted in the cell's pending count.
+    counted: bool,
+}
+
+impl Envelope {
+    /// Wraps a task's `Completed`/`Failed` event; the caller has counted it
+    /// with `TaskCell::add_pending`.
+    pub(crate) fn terminal(event: Event, cell: Arc<TaskCell>) -> Self {
+        Envelope {
+            event: Some(event),
+            gate: Some(cell),
+            counted: true,
+        }
+    }
+
+    /// Wraps a `GroupFinished` caused by the end of the task of `cell`.
+    pub(crate) fn group_finished(event: Event, cell: Arc<TaskCell>) -> Self {
+        Envelope {
+            event: Some(event),
+            gate: Some(cell),
+            counted: false,
+        }
+    }
+
+    /// Returns a copy for another queue (the caller counted every copy).
+    pub(crate) fn duplicate(&self) -> Self {
+        Envelope {
+            event: self.event.clone(),
+            gate: self.gate.clone(),
+            counted: self.counted,
+        }
+    }
+
+    /// Takes the event out if it may still be delivered, settling the cell.
+    fn open(mut self) -> Option<Event> {
+        let deliver = match &self.gate {
+            None => true,
+            Some(cell) if self.counted => {
+                self.counted = false;
+                cell.settle()
+            }
+            Some(cell) => !cell.is_stopped(),
+        };
+        if deliver {
+            self.event.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for Envelope {
+    fn drop(&mut self) {
+        // A queue that goes away without delivering still settles its copy,
+        // so the task stops being live once no queue holds its event.
+        if self.counted {
+            if let Some(cell) = &self.gate {
+                cell.settle();
+            }
+        }
+    }
+}
+
+/// The sending half of a subscription, kept in the scheduler state.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    /// Where events go.
+    tx: Sender<Envelope>,
+    /// Notifier protocol flag (see the module docs).
+    armed: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    /// Queues `env`. Returns `Err` if the subscription was dropped (the
+    /// envelope is then discarded, settling its cell), or `Ok(true)` if the
+    /// notifier should be called.
+    pub(crate) fn send(&self, env: Envelope) -> Result<bool, ()> {
+        if self.tx.send(env).is_err() {
+            return Err(());
+        }
+        Ok(self.armed.swap(false, Ordering::SeqCst))
+    }
+}
+
+/// Creates a connected subscriber / subscription pair. `closed` is the
+/// manager's shut-down flag.
+pub(crate) fn pair(closed: Arc<AtomicBool>) -> (Subscriber, Subscription) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let armed = Arc::new(AtomicBool::new(true));
+    (
+        Subscriber {
+            tx,
+            armed: Arc::clone(&armed),
+        },
+        Subscription { rx, armed, closed },
+    )
+}
+
+/// A queue of [`Event`]s, drained on the thread that owns it.
+///
+/// Created by [`TaskManager::subscribe`](crate::TaskManager::subscribe). It
+/// receives every event the manager emits after it was created, in the order
+/// they were emitted, and keeps them until drained, however slow the owner.
+/// Events of tasks that are stopped while their event waits here are dropped
+/// (see [`TaskManager::stop_task`](crate::TaskManager::stop_task)). Once the
+/// manager is shut down, nothing more is delivered and the receive methods
+/// report disconnection.
+///
+/// # Examples
+///
+/// ```
+/// use bgtask::{Event, TaskManager};
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+///
+/// let manager = TaskManager::builder().start_processing(true).build()?;
+/// let events = manager.subscribe();
+/// let task = manager.add_task(|_| Ok::<_, Infallible>(2 + 2))?;
+/// let event = events.recv_timeout(Duration::from_secs(10)).expect("no event in 10 s");
+/// assert_eq!(event.task_id(), Some(task.id()));
+/// assert!(events.try_recv().is_err()); // nothing else is queued
+/// # Ok::<(), bgtask::Error>(())
+/// ```
+pub struct Subscription {
+    /// Receiving half of the queue.
+    rx: Receiver<Envelope>,
+    /// Notifier protocol flag (see the module docs).
+    armed: Arc<AtomicBool>,
+    /// The manager's shut-down flag: once set, nothing is delivered.
+    closed: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Subscription {
+            rx,
+            armed: _,
+            closed,
+        } = self;
+        f.debug_struct("Subscription")
+            .field("queued", &rx.len())
+            .field("closed", &closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// [`Subscription::recv`] found the manager shut down: no event will come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the task manager was shut down; no more events will arrive")]
+pub struct RecvError;
+
+/// Why [`Subscription::try_recv`] returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// Nothing is queued right now; try again later.
+    #[error("no event is queued yet; try again later")]
+    Empty,
+    /// The manager was shut down; no event will come.
+    #[error("the task manager was shut down; no more events will arrive")]
+    Disconnected,
+}
+
+/// Why [`Subscription::recv_timeout`] returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// No event arrived within the timeout.
+    #[error("no event arrived within the timeout")]
+    Timeout,
+    /// The manager was shut down; no event will come.
+    #[error("the task manager was shut down; no more events will arrive")]
+    Disconnected,
+}
+
+impl Subscription {
+    /// Returns `true` once the manager was shut down.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Returns the next queued event without blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] if nothing is queued,
+    /// [`TryRecvError::Disconnected`] once the manager was shut down.
+    pub fn try_recv(&self) -> Result<Event, TryRecvError> {
+        let mut rearmed = false;
+        loop {
+            if self.is_closed() {
+                return Err(TryRecvError::Disconnected);
+            }
+            match self.rx.try_recv() {
+                Ok(env) => {
+                    if let Some(event) = env.open() {
+                        return Ok(event);
+                    }
+                }
+                Err(CbTryRecvError::Empty) if rearmed => return Err(TryRecvError::Empty),
+                Err(CbTryRecvError::Empty) => {
+                    // Notifier protocol: arm, then look once more.
+                    self.armed.store(true, Ordering::SeqCst);
+                    rearmed = true;
+                }
+                Err(CbTryRecvError::Disconnected) => return Err(TryRecvError::Disconnected),
+            }
+        }
+    }
+
+    /// Blocks until an event arrives and returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError`] once the manager was shut down.
+    pub fn recv(&self) -> Result<Event, RecvError> {
+        loop {
+            if self.is_closed() {
+                return Err(RecvError);
+            }
+            let env = self.rx.recv().map_err(|_| RecvError)?;
+            if self.is_closed() {
+                return Err(RecvError);
+            }
+            if let Some(event) = env.open() {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Blocks until an event arrives or `timeout` passes.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvTimeoutError::Timeout`] if no event arrived in time,
+    /// [`RecvTimeoutError::Disconnected`] once the manager was shut down.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if self.is_closed() {
+                return Err(RecvTimeoutError::Disconnected);
+            }
+            let env = match deadline {
+                Some(d) => self.rx.recv_deadline(d).map_err(|e| {
+                    if e.is_timeout() {
+                        RecvTimeoutError::Timeout
+                    } else {
+                        RecvTimeoutError::Disconnected
+                    }
+                })?,
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)?,
+            };
+            if self.is_closed() {
+                return Err(RecvTimeoutError::Disconnected);
+            }
+            if let Some(event) = env.open() {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Returns an iterator over the events queued now; it ends when the queue
+    /// is empty (it never blocks). This is what an event loop calls after
+    /// the notifier woke it.
+    pub fn try_iter(&self) -> impl Iterator<Item = Event> + '_ {
+        std::iter::from_fn(move || self.try_recv().ok())
+    }
+}

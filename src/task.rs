@@ -1,0 +1,377 @@
+//! Adding tasks (`TaskBuilder`), what a task sees (`TaskContext`), and the
+//! type-erased job the scheduler moves around.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::panic::Location;
+
+use crate::cell::TaskCell;
+use crate::error::Error;
+use crate::handle::TaskHandle;
+use crate::id::{Group, TaskId};
+use crate::kwargs::Kwargs;
+use crate::manager::TaskManager;
+use crate::result::TaskResult;
+use crate::sync::Arc;
+use crate::unwind::{self, Failure};
+
+/// A task's work, type-erased: runs the user's closure, catching panics.
+pub(crate) type Job = Box<dyn FnOnce(&TaskContext) -> Result<TaskResult, Failure> + Send>;
+
+/// The event-loop wake-up callback set with `TaskManager::set_notifier`.
+pub(crate) type Notifier = Arc<dyn Fn() + Send + Sync>;
+
+/// A task on its way into the scheduler.
+pub(crate) struct NewTask {
+    /// Its shared cell (holds its sequence number).
+    pub(crate) cell: Arc<TaskCell>,
+    /// The work.
+    pub(crate) job: Job,
+    /// Higher runs first.
+    pub(crate) priority: i32,
+    /// Its group, if any.
+    pub(crate) group: Option<Group>,
+    /// Its own kwargs.
+    pub(crate) kwargs: Kwargs,
+    /// Sequence numbers of its upstream tasks, validated as issued by this manager.
+    pub(crate) upstream: Vec<u64>,
+}
+
+/// A task handed to a worker: everything it needs to run unlocked.
+pub(crate) struct Ready {
+    /// Its id.
+    pub(crate) id: TaskId,
+    /// Its shared cell.
+    pub(crate) cell: Arc<TaskCell>,
+    /// The work.
+    pub(crate) job: Job,
+    /// Its group.
+    pub(crate) group: Option<Group>,
+    /// Own kwargs merged with upstream `Kwargs` results.
+    pub(crate) kwargs: Kwargs,
+    /// Results of completed upstream tasks.
+    pub(crate) upstream: Vec<(u64, TaskResult)>,
+}
+
+impl Ready {
+    /// Runs the task unless it was stopped since it was handed out.
+    /// Returns `None` if it did not run.
+    pub(crate) fn run(self) -> Option<(TaskId, Result<TaskResult, Failure>)> {
+        let Ready {
+            id,
+            cell,
+            job,
+            group,
+            kwargs,
+            upstream,
+        } = self;
+        if cell.is_stopped() {
+            // Stopped between hand-out and start: a stopped task never starts.
+            drop(job);
+            return None;
+        }
+        let ctx = TaskContext {
+            id,
+            cell,
+            group,
+            kwargs,
+            upstream,
+        };
+        let outcome = job(&ctx);
+        Some((id, outcome))
+    }
+}
+
+/// What a running task can see about itself.
+///
+/// Passed by reference to every task closure.
+///
+/// # Examples
+///
+/// ```
+/// use bgtask::{Event, Kwargs, TaskManager};
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+///
+/// let manager = TaskManager::builder().start_processing(true).build()?;
+/// let events = manager.subscribe();
+/// manager
+///     .task()
+///     .group("thumbnails")
+///     .kwargs(Kwargs::new().with("size", 64u32))
+///     .spawn(|ctx| {
+///         assert_eq!(ctx.group().and_then(|g| g.as_name()), Some("thumbnails"));
+///         assert!(!ctx.is_stopped());
+///         Ok::<_, Infallible>(*ctx.kwargs().get::<u32>("size").unwrap() * 2)
+///     })?;
+/// match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+///     Event::Completed { result, .. } => assert_eq!(result.downcast_ref::<u32>(), Some(&128)),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok::<(), bgtask::Error>(())
+/// ```
+pub struct TaskContext {
+    /// The task's id.
+    id: TaskId,
+    /// Shared with the scheduler: tells whether the task was stopped.
+    cell: Arc<TaskCell>,
+    /// The task's group.
+    group: Option<Group>,
+    /// Own kwargs merged with upstream `Kwargs` results.
+    kwargs: Kwargs,
+    /// Results of completed upstream tasks, by upstream sequence number.
+    upstream: Vec<(u64, TaskResult)>,
+}
+
+impl TaskContext {
+    /// Returns the task's id.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// Returns the task's group, if it has one.
+    pub fn group(&self) -> Option<&Group> {
+        self.group.as_ref()
+    }
+
+    /// Returns the task's kwargs: its own, with the entries of every
+    /// upstream task that completed with a [`Kwargs`] result merged in (the
+    /// upstream's value wins on a clash, a later-completing upstream over an
+    /// earlier one).
+    pub fn kwargs(&self) -> &Kwargs {
+        &self.kwargs
+    }
+
+    /// Returns `true` once the task was stopped (by a stop call or by
+    /// shut-down). A long task should check it now and then and return
+    /// early: its outcome is dropped anyway.
+    pub fn is_stopped(&self) -> bool {
+        self.cell.is_stopped()
+    }
+
+    /// Returns the result of upstream task `handle`, if it is an upstream
+    /// of this task and completed before this task started. Upstream tasks
+    /// that were stopped, or that had already finished and been delivered
+    /// when this task was added, give `None`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::{Event, TaskManager};
+    /// use std::convert::Infallible;
+    /// use std::time::Duration;
+    ///
+    /// let manager = TaskManager::new(); // paused until start_processing
+    /// let events = manager.subscribe();
+    /// let size = manager.add_task(|_| Ok::<_, Infallible>(vec![1u8, 2, 3]))?;
+    /// manager.task().after([&size]).spawn(move |ctx| {
+    ///     Ok::<_, Infallible>(ctx.upstream(&size).map(Vec::len))
+    /// })?;
+    /// manager.start_processing();
+    /// let mut last = None;
+    /// for _ in 0..2 {
+    ///     last = Some(events.recv_timeout(Duration::from_secs(10)).unwrap());
+    /// }
+    /// match last.unwrap() {
+    ///     Event::Completed { result, .. } => assert_eq!(result.downcast_ref::<Option<usize>>(), Some(&Some(3))),
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// # Ok::<(), bgtask::Error>(())
+    /// ```
+    pub fn upstream<T: Send + Sync + 'static>(&self, handle: &TaskHandle<T>) -> Option<&T> {
+        let seq = handle.id().seq;
+        if handle.id().manager != self.id.manager {
+            return None;
+        }
+        self.upstream
+            .iter()
+            .find(|(s, _)| *s == seq)?
+            .1
+            .downcast_ref::<T>()
+    }
+}
+
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let TaskContext {
+            id,
+            cell,
+            group,
+            kwargs,
+            upstream,
+        } = self;
+        f.debug_struct("TaskContext")
+            .field("id", id)
+            .field("stopped", &cell.is_stopped())
+            .field("group", group)
+            .field("kwargs", kwargs)
+            .field("upstream_results", &upstream.len())
+            .finish()
+    }
+}
+
+/// Configures and adds one task: created by [`TaskManager::task`].
+///
+/// # Examples
+///
+/// ```
+/// use bgtask::{Kwargs, TaskManager};
+/// use std::convert::Infallible;
+///
+/// let manager = TaskManager::new();
+/// let check = manager.task().priority(10).group("downloads").spawn(|_| {
+///     Ok::<_, Infallible>(Kwargs::new().with("cached", false))
+/// })?;
+/// let download = manager
+///     .task()
+///     .group("downloads")
+///     .after([&check])
+///     .kwargs(Kwargs::new().with("url", "https://example.com/a.png".to_string()))
+///     .spawn(|ctx| {
+///         // The cache check's Kwargs result was merged into ours.
+///         let cached = *ctx.kwargs().get::<bool>("cached").unwrap();
+///         Ok::<_, Infallible>(if cached { 0 } else { 1024 })
+///     })?;
+/// assert!(check.id() < download.id());
+/// # Ok::<(), bgtask::Error>(())
+/// ```
+#[must_use = "a TaskBuilder does nothing until spawn() or spawn_pass_through() is called"]
+pub struct TaskBuilder<'a> {
+    /// The manager the task goes to.
+    manager: &'a TaskManager,
+    /// Higher runs first; 0 by default.
+    priority: i32,
+    /// The task's group.
+    group: Option<Group>,
+    /// Upstream task ids.
+    after: Vec<TaskId>,
+    /// Own kwargs.
+    kwargs: Kwargs,
+}
+
+impl fmt::Debug for TaskBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let TaskBuilder {
+            manager: _,
+            priority,
+            group,
+            after,
+            kwargs,
+        } = self;
+        f.debug_struct("TaskBuilder")
+            .field("priority", priority)
+            .field("group", group)
+            .field("after", after)
+            .field("kwargs", kwargs)
+            .finish()
+    }
+}
+
+impl<'a> TaskBuilder<'a> {
+    /// Starts a builder with the defaults: priority 0, no group, no upstream, no kwargs.
+    pub(crate) fn new(manager: &'a TaskManager) -> Self {
+        TaskBuilder {
+            manager,
+            priority: 0,
+            group: None,
+            after: Vec::new(),
+            kwargs: Kwargs::new(),
+        }
+    }
+
+    /// Sets the priority: among ready tasks, higher runs first; equal
+    /// priorities run in the order they were added. Default 0.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Puts the task in `group` (a task has at most one group; a second
+    /// call replaces the first).
+    pub fn group(mut self, group: impl Into<Group>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Makes the task wait for upstream tasks: it becomes ready once none of
+    /// them is queued, blocked or running. Takes ids or handles (`[id]`,
+    /// `[&handle]`, a `Vec<TaskId>`, ...). Calls add up.
+    ///
+    /// An id of a task that already ended counts as satisfied. An id this
+    /// manager never issued makes [`spawn`](Self::spawn) fail with
+    /// [`Error::UnknownTask`].
+    pub fn after<I>(mut self, upstream: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<TaskId>,
+    {
+        self.after.extend(upstream.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the task's own kwargs, readable with [`TaskContext::kwargs`].
+    pub fn kwargs(mut self, kwargs: Kwargs) -> Self {
+        self.kwargs = kwargs;
+        self
+    }
+
+    /// Adds the task with `f` as its work.
+    ///
+    /// `f` runs once on a worker thread, unless the task is stopped or an
+    /// upstream task fails first. `Ok(value)` ends it with
+    /// [`Event::Completed`](crate::Event::Completed); `Err(e)` or a panic ends it with
+    /// [`Event::Failed`](crate::Event::Failed), whose traceback names the
+    /// line that called `spawn`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownTask`] if an upstream id was not issued by this
+    /// manager; [`Error::ShutDown`] after shut-down. Nothing is added then.
+    #[track_caller]
+    pub fn spawn<F, T, E>(self, f: F) -> Result<TaskHandle<T>, Error>
+    where
+        F: FnOnce(&TaskContext) -> Result<T, E> + Send + 'static,
+        T: Send + Sync + 'static,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let added_at = Location::caller();
+        let job: Job =
+            Box::new(
+                move |ctx: &TaskContext| match unwind::catch_task(added_at, || f(ctx)) {
+                    Ok(Ok(value)) => Ok(TaskResult::new(value)),
+                    Ok(Err(err)) => {
+                        let err: Box<dyn StdError + Send + Sync> = err.into();
+                        Err(unwind::error_failure(err.as_ref(), added_at))
+                    }
+                    Err(failure) => Err(failure),
+                },
+            );
+        self.submit(job).map(TaskHandle::new)
+    }
+
+    /// Adds a pass-through task: it does no work, and completes with its
+    /// kwargs (its own plus every upstream `Kwargs` result merged in) as a
+    /// [`Kwargs`] result, so it joins several upstream tasks into one
+    /// result. It is scheduled like any other task: by priority, obeying
+    /// pause, on a worker.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Self::spawn).
+    pub fn spawn_pass_through(self) -> Result<TaskHandle<Kwargs>, Error> {
+        let job: Job = Box::new(|ctx: &TaskContext| Ok(TaskResult::new(ctx.kwargs().clone())));
+        self.submit(job).map(TaskHandle::new)
+    }
+
+    /// Hands the task to the manager.
+    fn submit(self, job: Job) -> Result<TaskId, Error> {
+        let TaskBuilder {
+            manager,
+            priority,
+            group,
+            after,
+            kwargs,
+        } = self;
+        manager.shared().submit(job, priority, group, after, kwargs)
+    }
+}
