@@ -236,7 +236,7 @@ impl Shared {
         upstream.dedup();
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let cell = Arc::new(TaskCell::new(seq));
-        st.insert(NewTask {
+        let failed = st.insert(NewTask {
             cell,
             job,
             priority,
@@ -244,6 +244,7 @@ impl Shared {
             kwargs,
             upstream,
         });
+        st.discard(failed);
         self.dispatch(&mut st);
         Ok(TaskId {
             seq,
@@ -264,7 +265,7 @@ impl Shared {
                     },
                     None => break,
                 };
-                let Some(task) = st.pop_ready(self.manager_id) else {
+                let Some(task) = st.pop_ready() else {
                     st.idle.push(w);
                     break;
                 };
@@ -415,8 +416,9 @@ impl TaskManager {
         } else {
             Mode::Paused
         };
+        let manager_id = NEXT_MANAGER.fetch_add(1, Ordering::Relaxed);
         let shared = Shared {
-            state: Mutex::new(State::new(mode)),
+            state: Mutex::new(State::new(mode, manager_id)),
             inbox: SegQueue::new(),
             idle_workers: AtomicUsize::new(0),
             can_spawn: AtomicBool::new(true),
@@ -424,7 +426,7 @@ impl TaskManager {
             closed: Arc::new(AtomicBool::new(false)),
             next_seq: AtomicU64::new(0),
             next_group: AtomicU64::new(0),
-            manager_id: NEXT_MANAGER.fetch_add(1, Ordering::Relaxed),
+            manager_id,
             idle_cv: Condvar::new(),
             max_threads: b.max_threads,
             thread_name: b.thread_name,

@@ -80,8 +80,8 @@ pub(crate) enum Phase {
 pub(crate) struct Node {
     /// State shared with the task body and the event queues.
     cell: Arc<TaskCell>,
-    /// The work; taken when the task starts, fails by cascade or is stopped.
-    job: Option<Job>,
+    /// The work, then its outcome.
+    work: Work,
     /// Higher runs first.
     priority: i32,
     /// See [`Phase`].
@@ -92,6 +92,33 @@ pub(crate) struct Node {
     group: Option<Group>,
     /// Edges, kwargs and upstream results; boxed because most tasks have none.
     links: Option<Box<Links>>,
+}
+
+/// What a node holds of its work.
+enum Work {
+    /// Not started yet.
+    Pending(Job),
+    /// Handed to a worker (or dropped).
+    Taken,
+    /// Completed; kept while the event is pending, so that a task added
+    /// after it in the meantime still receives its result.
+    Completed(TaskResult),
+    /// Failed; kept while the event is pending, so that a task added after
+    /// it in the meantime fails with it.
+    Failed(Arc<Failure>),
+}
+
+impl Work {
+    /// Takes the job out, if the task has not started.
+    fn take_job(&mut self) -> Option<Job> {
+        match mem::replace(self, Work::Taken) {
+            Work::Pending(job) => Some(job),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
 }
 
 /// The rarely used part of a node.
@@ -184,6 +211,8 @@ pub(crate) struct State {
     pub(crate) handles: Vec<std::thread::JoinHandle<()>>,
     /// Threads blocked in `wait_idle`.
     pub(crate) idle_waiters: usize,
+    /// The manager's id, part of every `TaskId`.
+    manager: u64,
 }
 
 /// What a stop call did.
@@ -197,8 +226,9 @@ pub(crate) struct Stopped {
 
 impl State {
     /// Creates the state of a new manager.
-    pub(crate) fn new(mode: Mode) -> Self {
+    pub(crate) fn new(mode: Mode, manager: u64) -> Self {
         State {
+            manager,
             mode,
             nodes: NodeMap::default(),
             ready: ReadyQueue::default(),
@@ -222,8 +252,14 @@ impl State {
     }
 
     /// Adds a task. Upstream ids must have been validated as issued by this
-    /// manager; those no longer in `nodes` are satisfied.
-    pub(crate) fn insert(&mut self, task: NewTask) {
+    /// manager; those no longer in `nodes` are satisfied. An upstream that
+    /// finished but whose event is still pending is satisfied too: its
+    /// `Kwargs` result is merged at once, or, if it failed, the new task
+    /// fails with it (as it would have, had it been added a moment earlier).
+    ///
+    /// Returns jobs to drop unlocked (of a task failed on arrival).
+    #[must_use = "the jobs must be dropped after the lock is released"]
+    pub(crate) fn insert(&mut self, task: NewTask) -> Vec<Job> {
         let NewTask {
             cell,
             job,
@@ -235,7 +271,7 @@ impl State {
         let seq = cell.seq;
         let mut node = Node {
             cell,
-            job: Some(job),
+            work: Work::Pending(job),
             priority,
             phase: Phase::Queued,
             waiting_on: 0,
@@ -245,6 +281,7 @@ impl State {
         if !kwargs.is_empty() {
             node.links_mut().kwargs = kwargs;
         }
+        let mut failed_upstream = None;
         for up in upstream {
             let Some(up_node) = self.nodes.get_mut(&up) else {
                 continue;
@@ -252,8 +289,18 @@ impl State {
             up_node.links_mut().downstream.push(seq);
             // A finished upstream still gets the edge (stop cascades follow
             // it) but no longer holds this task back.
-            if up_node.phase != Phase::Finished {
-                node.waiting_on += 1;
+            match &up_node.work {
+                _ if up_node.phase != Phase::Finished => node.waiting_on += 1,
+                Work::Completed(result) => {
+                    let result = result.clone();
+                    let links = node.links_mut();
+                    if let Some(kw) = result.downcast_ref::<Kwargs>() {
+                        links.kwargs.merge_from(kw);
+                    }
+                    links.results.push((up, result));
+                }
+                Work::Failed(f) => failed_upstream = Some(Arc::clone(f)),
+                Work::Pending(_) | Work::Taken => {}
             }
             node.links_mut().upstream.push(up);
         }
@@ -263,23 +310,25 @@ impl State {
             self.ready.push(priority, seq);
             self.queued += 1;
         }
-        if let Some(g2) = group {
-            let gs = self.groups.entry(g2.clone()).or_default();
+        self.nodes.insert(seq, node);
+        if let Some(g) = group {
+            let gs = self.groups.entry(g.clone()).or_default();
             gs.live += 1;
             gs.members.push(seq);
-            let compact = gs.members.len() >= 2 * gs.compacted_len.max(16);
-            self.nodes.insert(seq, node);
-            if compact {
-                self.compact_group(&g2);
+            if gs.members.len() >= 2 * gs.compacted_len.max(16) {
+                self.compact_group(&g);
             }
-            return;
         }
-        self.nodes.insert(seq, node);
+        match failed_upstream {
+            Some(failure) => self.fail(seq, failure),
+            None => Vec::new(),
+        }
     }
 
     /// Takes the best ready task and marks it running, if any (the caller
     /// checks that processing is on).
-    pub(crate) fn pop_ready(&mut self, manager: u64) -> Option<Ready> {
+    pub(crate) fn pop_ready(&mut self) -> Option<Ready> {
+        let manager = self.manager;
         let nodes = &self.nodes;
         let seq = self
             .ready
@@ -298,7 +347,7 @@ impl State {
         Some(Ready {
             id: TaskId { seq, manager },
             cell: Arc::clone(&node.cell),
-            job: node.job.take().expect("a queued task has its job"),
+            job: node.work.take_job().expect("a queued task has its job"),
             group: node.group.clone(),
             kwargs,
             upstream,
@@ -324,7 +373,7 @@ impl State {
                 self.complete(id, result);
                 Vec::new()
             }
-            Err(failure) => self.fail(id, failure),
+            Err(failure) => self.fail(seq, Arc::new(failure)),
         };
         self.reap();
         jobs
@@ -366,6 +415,7 @@ impl State {
         if let (Some(links), Some(downstream)) = (node.links.as_deref_mut(), downstream) {
             links.downstream = downstream;
         }
+        node.work = Work::Completed(result.clone());
         let group = node.group.clone();
         let cell = Arc::clone(&node.cell);
         self.emit_terminal(
@@ -382,17 +432,22 @@ impl State {
 
     /// Fails `seq` and, in order of distance then id, every live task
     /// downstream of it, with the same message and traceback.
-    fn fail(&mut self, id: TaskId, failure: Failure) -> Vec<Job> {
-        let manager = id.manager;
-        let mut level = vec![id.seq];
+    fn fail(&mut self, seq: u64, failure: Arc<Failure>) -> Vec<Job> {
+        let manager = self.manager;
+        let mut level = vec![seq];
         let mut seen: HashSet<u64> = HashSet::new();
-        seen.insert(id.seq);
+        seen.insert(seq);
         let mut jobs = Vec::new();
         while !level.is_empty() {
             for &seq in &level {
                 let node = self.nodes.get_mut(&seq).expect("failing nodes are live");
+                if node.phase == Phase::Queued {
+                    // Failed on arrival; its ready entry goes stale.
+                    self.queued -= 1;
+                }
                 node.phase = Phase::Finished;
-                jobs.extend(node.job.take());
+                jobs.extend(node.work.take_job());
+                node.work = Work::Failed(Arc::clone(&failure));
                 let group = node.group.clone();
                 let cell = Arc::clone(&node.cell);
                 let event = Event::Failed {
@@ -612,8 +667,8 @@ impl State {
         let mut jobs = Vec::new();
         let mut groups_touched = Vec::new();
         for &seq in &stopped {
-            let node = self.nodes.remove(&seq).expect("pass 1 found it");
-            jobs.extend(node.job);
+            let mut node = self.nodes.remove(&seq).expect("pass 1 found it");
+            jobs.extend(node.work.take_job());
             let was_scheduled = match node.phase {
                 Phase::Finished => false,
                 Phase::Queued => {
@@ -681,7 +736,9 @@ impl State {
             task.cell.mark_stopped();
             return Some(task.job);
         }
-        self.insert(task);
+        // Inbox tasks have no upstream, so they cannot fail on arrival.
+        let failed = self.insert(task);
+        debug_assert!(failed.is_empty());
         None
     }
 }

@@ -47,7 +47,7 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
             None => st.running -= 1,
         }
         if st.mode == Mode::Processing {
-            next = st.pop_ready(shared.manager_id);
+            next = st.pop_ready();
         }
         shared.dispatch(&mut st);
         shared.wake_idle_waiters(&st);
