@@ -200,12 +200,14 @@
 mod builder;
 mod cell;
 mod error;
+mod group;
 mod event;
 mod handle;
 mod id;
 mod kwargs;
 mod manager;
 mod ready;
+mod registry;
 mod result;
 mod state;
 mod subscription;

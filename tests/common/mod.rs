@@ -15,7 +15,11 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A manager with `n` workers, processing on.
 pub fn manager(n: usize) -> TaskManager {
-    TaskManager::builder().max_threads(n).start_processing(true).build().unwrap()
+    TaskManager::builder()
+        .max_threads(n)
+        .start_processing(true)
+        .build()
+        .unwrap()
 }
 
 /// A manager with `n` workers, paused.
@@ -25,7 +29,8 @@ pub fn paused(n: usize) -> TaskManager {
 
 /// Receives the next event or panics after [`TIMEOUT`].
 pub fn next(sub: &Subscription) -> Event {
-    sub.recv_timeout(TIMEOUT).unwrap_or_else(|e| panic!("no event within {TIMEOUT:?}: {e}"))
+    sub.recv_timeout(TIMEOUT)
+        .unwrap_or_else(|e| panic!("no event within {TIMEOUT:?}: {e}"))
 }
 
 /// Receives exactly `n` events (panics on timeout).
@@ -42,7 +47,8 @@ pub fn assert_quiet(m: &TaskManager, sub: &Subscription) {
 
 /// The id of a task event; panics for `GroupFinished`.
 pub fn id_of(e: &Event) -> TaskId {
-    e.task_id().unwrap_or_else(|| panic!("expected a task event, got {e:?}"))
+    e.task_id()
+        .unwrap_or_else(|| panic!("expected a task event, got {e:?}"))
 }
 
 /// A compact, comparable description of an event.
@@ -113,7 +119,8 @@ pub fn add_blocker(m: &TaskManager, gate: &Gate) -> (TaskHandle<()>, mpsc::Recei
 
 /// Waits for a start signal from [`add_blocker`].
 pub fn started(rx: &mpsc::Receiver<TaskId>) -> TaskId {
-    rx.recv_timeout(TIMEOUT).expect("blocking task did not start")
+    rx.recv_timeout(TIMEOUT)
+        .expect("blocking task did not start")
 }
 
 /// A task body that returns `()`.
