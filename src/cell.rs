@@ -132,7 +132,10 @@ impl fmt::Debug for TaskCell {
         f.debug_struct("TaskCell")
             .field("seq", &self.seq)
             .field("priority", &self.priority)
-            .field("state", &format_args!("{:#x}", self.state.load(Ordering::Relaxed)))
+            .field(
+                "state",
+                &format_args!("{:#x}", self.state.load(Ordering::Relaxed)),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -165,7 +168,8 @@ impl TaskCell {
     /// Applies `f` to the state until a compare-and-swap succeeds or `f`
     /// declines (returns `None`); returns the state `f` last saw.
     fn update(&self, mut f: impl FnMut(u64) -> Option<u64>) -> Result<u64, u64> {
-        self.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| f(s))
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| f(s))
     }
 
     /// Returns `true` once the task was stopped.
@@ -197,7 +201,8 @@ impl TaskCell {
     /// Takes the task for a worker to run; `false` if it was stopped
     /// (invariant 5).
     pub(crate) fn claim(&self) -> bool {
-        self.update(|s| (s & (STOPPED | CLAIMED | FINISHED) == 0).then_some(s | CLAIMED)).is_ok()
+        self.update(|s| (s & (STOPPED | CLAIMED | FINISHED) == 0).then_some(s | CLAIMED))
+            .is_ok()
     }
 
     /// Undoes `claim` for a task no worker could take (under the scheduler lock).
@@ -235,7 +240,10 @@ impl TaskCell {
                     Some(s | STOPPED)
                 }
             } else {
-                found = StopFound::Unfinished { claimed: s & CLAIMED != 0, in_ready: s & IN_READY != 0 };
+                found = StopFound::Unfinished {
+                    claimed: s & CLAIMED != 0,
+                    in_ready: s & IN_READY != 0,
+                };
                 Some((s | STOPPED) & !IN_READY)
             }
         });
@@ -358,11 +366,23 @@ mod tests {
         let c = cell();
         assert!(c.claim());
         assert!(!c.claim(), "claimed once only");
-        assert_eq!(c.stop(), StopFound::Unfinished { claimed: true, in_ready: false });
+        assert_eq!(
+            c.stop(),
+            StopFound::Unfinished {
+                claimed: true,
+                in_ready: false
+            }
+        );
         assert_eq!(c.end_fast(0), FastEnd::Stopped);
         assert!(c.is_dead());
         let c = cell();
-        assert_eq!(c.stop(), StopFound::Unfinished { claimed: false, in_ready: false });
+        assert_eq!(
+            c.stop(),
+            StopFound::Unfinished {
+                claimed: false,
+                in_ready: false
+            }
+        );
         assert!(!c.claim());
         assert!(c.take_job().is_some(), "the stopper drops the job");
     }

@@ -15,8 +15,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::id::Group;
 use crate::cell::TaskCell;
+use crate::id::Group;
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering, Weak};
 
 /// One group's shared state.
@@ -49,7 +49,12 @@ impl GroupState {
     /// Returns the members that are live to the owner.
     pub(crate) fn live_members(&self) -> Vec<Arc<TaskCell>> {
         let members = self.members.lock();
-        members.0.iter().filter_map(Weak::upgrade).filter(|c| !c.is_dead()).collect()
+        members
+            .0
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| !c.is_dead())
+            .collect()
     }
 
     /// Returns the number of members not yet ended.
@@ -83,7 +88,9 @@ pub(crate) struct GroupTable {
 
 impl fmt::Debug for GroupTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GroupTable").field("groups", &self.groups.lock().0.len()).finish()
+        f.debug_struct("GroupTable")
+            .field("groups", &self.groups.lock().0.len())
+            .finish()
     }
 }
 

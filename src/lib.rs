@@ -200,8 +200,8 @@
 mod builder;
 mod cell;
 mod error;
-mod group;
 mod event;
+mod group;
 mod handle;
 mod id;
 mod kwargs;

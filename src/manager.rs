@@ -143,7 +143,8 @@ impl Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         // Before the guard is released (fields drop after this body).
-        self.hint.store(self.guard.best_priority(), Ordering::SeqCst);
+        self.hint
+            .store(self.guard.best_priority(), Ordering::SeqCst);
     }
 }
 
@@ -214,13 +215,17 @@ impl Shared {
 
     /// The other locks a graph transition needs.
     pub(crate) fn env(&self) -> Env<'_> {
-        Env { emitter: &self.emitter, registry: &self.registry }
+        Env {
+            emitter: &self.emitter,
+            registry: &self.registry,
+        }
     }
 
     /// Returns `true` if an added task could start at once.
     fn wants_dispatch(&self) -> bool {
         self.processing.load(Ordering::SeqCst)
-            && (self.idle_workers.load(Ordering::SeqCst) > 0 || self.can_spawn.load(Ordering::SeqCst))
+            && (self.idle_workers.load(Ordering::SeqCst) > 0
+                || self.can_spawn.load(Ordering::SeqCst))
     }
 
     /// Adds a task; see `TaskBuilder::spawn`.
@@ -262,13 +267,27 @@ impl Shared {
         }
         st.discard(failed);
         self.dispatch(&mut st);
-        Ok(TaskId { seq, manager: self.manager_id })
+        Ok(TaskId {
+            seq,
+            manager: self.manager_id,
+        })
     }
 
     /// Adds a task without upstream (module docs).
-    fn submit_fast(self: &Arc<Self>, job: Job, priority: i32, group: Option<Group>, kwargs: Kwargs) -> TaskId {
+    fn submit_fast(
+        self: &Arc<Self>,
+        job: Job,
+        priority: i32,
+        group: Option<Group>,
+        kwargs: Kwargs,
+    ) -> TaskId {
         let group = group.map(|g| self.groups.join(g));
-        let input = (!kwargs.is_empty()).then(|| Box::new(Input { kwargs, upstream: Vec::new() }));
+        let input = (!kwargs.is_empty()).then(|| {
+            Box::new(Input {
+                kwargs,
+                upstream: Vec::new(),
+            })
+        });
         let cell = {
             let mut registry = self.registry.lock();
             let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
@@ -280,7 +299,10 @@ impl Shared {
             cell
         };
         GroupTable::add_member(&cell);
-        let id = TaskId { seq: cell.seq, manager: self.manager_id };
+        let id = TaskId {
+            seq: cell.seq,
+            manager: self.manager_id,
+        };
         if priority != 0 {
             let mut st = self.lock();
             if st.mode == Mode::ShutDown {
@@ -305,7 +327,9 @@ impl Shared {
     pub(crate) fn dispatch(self: &Arc<Self>, st: &mut Locked<'_>) {
         if st.mode == Mode::Processing {
             while !st.idle.is_empty() || st.workers.len() < self.max_threads {
-                let Some(cell) = st.pop_ready(&self.fifo) else { break };
+                let Some(cell) = st.pop_ready(&self.fifo) else {
+                    break;
+                };
                 self.busy.fetch_add(1, Ordering::SeqCst);
                 let w = match st.idle.pop() {
                     Some(w) => w,
@@ -325,7 +349,8 @@ impl Shared {
             }
         }
         self.idle_workers.store(st.idle.len(), Ordering::SeqCst);
-        self.can_spawn.store(st.workers.len() < self.max_threads, Ordering::SeqCst);
+        self.can_spawn
+            .store(st.workers.len() < self.max_threads, Ordering::SeqCst);
     }
 
     /// Starts a worker thread for slot `workers.len()`; returns its index.
@@ -337,7 +362,11 @@ impl Shared {
             .spawn(move || worker::run(shared, w));
         match spawned {
             Ok(handle) => {
-                st.workers.push(WorkerSlot { signal: Arc::new(Condvar::new()), assigned: None, idle: false });
+                st.workers.push(WorkerSlot {
+                    signal: Arc::new(Condvar::new()),
+                    assigned: None,
+                    idle: false,
+                });
                 st.handles.push(handle);
                 Some(w)
             }
@@ -413,7 +442,9 @@ impl Shared {
     /// Records that a worker stopped picking or running; wakes `wait_idle`
     /// callers if that made the manager idle (race 2).
     pub(crate) fn busy_done(&self) {
-        if self.busy.fetch_sub(1, Ordering::SeqCst) == 1 && self.idle_waiters.load(Ordering::SeqCst) > 0 {
+        if self.busy.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.idle_waiters.load(Ordering::SeqCst) > 0
+        {
             let _st = self.state.lock();
             self.idle_cv.notify_all();
         }
@@ -426,24 +457,33 @@ impl Shared {
         }
     }
 
-    /// Runs a claimed task and ends it.
-    pub(crate) fn run_task(self: &Arc<Self>, cell: Arc<TaskCell>) {
+    /// Runs a claimed task and ends it. Returns the worker's next task if
+    /// ending it under the scheduler lock picked one.
+    pub(crate) fn run_task(self: &Arc<Self>, cell: Arc<TaskCell>) -> Option<Arc<TaskCell>> {
+        let mut next = None;
         if let Some((job, input)) = cell.take_work() {
-            let id = TaskId { seq: cell.seq, manager: self.manager_id };
+            let id = TaskId {
+                seq: cell.seq,
+                manager: self.manager_id,
+            };
             let ctx = TaskContext::new(id, Arc::clone(&cell), input);
             let outcome = match job(&ctx) {
                 Ok(result) => Outcome::Completed(result),
                 Err(failure) => Outcome::Failed(Arc::new(failure)),
             };
             drop(ctx);
-            self.end_task(&cell, outcome);
+            next = self.end_task(&cell, outcome);
         }
         self.busy_done();
+        next
     }
 
     /// Ends a task that ran: with atomics and the emit lock for a fast
-    /// task, under the scheduler lock for one with a graph node.
-    fn end_task(self: &Arc<Self>, cell: &Arc<TaskCell>, outcome: Outcome) {
+    /// task, under the scheduler lock for one with a graph node. In the
+    /// latter case the worker also takes its next task in the same critical
+    /// section (counted in `busy`), so a released downstream task runs on
+    /// the worker that released it instead of waking another.
+    fn end_task(self: &Arc<Self>, cell: &Arc<TaskCell>, outcome: Outcome) -> Option<Arc<TaskCell>> {
         if !cell.is_promoted() {
             let mut em = self.emitter.lock();
             let n = em.fan_out();
@@ -465,12 +505,12 @@ impl Shared {
                     if let Some(n) = notifier {
                         unwind::contain(|| n());
                     }
-                    return;
+                    return None;
                 }
                 FastEnd::Stopped => {
                     drop(em);
                     cell.clear_outcome();
-                    return;
+                    return None;
                 }
                 // Became an upstream while running: end it in the graph.
                 FastEnd::Promoted => {}
@@ -480,7 +520,12 @@ impl Shared {
         let jobs = st.finish(&self.env(), cell, outcome);
         st.discard(jobs);
         st.emitted();
+        let next = if st.mode == Mode::Processing { st.pop_ready(&self.fifo) } else { None };
+        if next.is_some() {
+            self.busy.fetch_add(1, Ordering::SeqCst);
+        }
         self.dispatch(&mut st);
+        next
     }
 
     /// Shuts down; joins workers if `join` (skipping the calling thread if
@@ -751,7 +796,11 @@ impl TaskManager {
         if id.manager != shared.manager_id {
             return 0;
         }
-        self.stop_with(|st, env| st.find(env, id.seq).into_iter().collect(), stop_upstream, stop_downstream)
+        self.stop_with(
+            |st, env| st.find(env, id.seq).into_iter().collect(),
+            stop_upstream,
+            stop_downstream,
+        )
     }
 
     /// Stops every live task of `group`, with the same flags and guarantees
@@ -763,7 +812,9 @@ impl TaskManager {
         stop_upstream: bool,
         stop_downstream: bool,
     ) -> usize {
-        let Some(state) = self.shared().groups.get(group) else { return 0 };
+        let Some(state) = self.shared().groups.get(group) else {
+            return 0;
+        };
         self.stop_with(|_, _| state.live_members(), stop_upstream, stop_downstream)
     }
 

@@ -127,7 +127,9 @@ mod tests {
     }
 
     fn drain(q: &mut ReadyQueue) -> Vec<u64> {
-        std::iter::from_fn(|| q.pop(|_| true)).map(|c| c.seq).collect()
+        std::iter::from_fn(|| q.pop(|_| true))
+            .map(|c| c.seq)
+            .collect()
     }
 
     #[test]

@@ -50,7 +50,11 @@ impl Registry {
 
     /// Returns every registered cell that is live to the owner.
     pub(crate) fn live(&self) -> Vec<Arc<TaskCell>> {
-        self.cells.iter().filter(|c| !c.is_dead()).cloned().collect()
+        self.cells
+            .iter()
+            .filter(|c| !c.is_dead())
+            .cloned()
+            .collect()
     }
 
     /// Drops every cell.

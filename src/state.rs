@@ -83,7 +83,13 @@ struct Node {
 impl Node {
     /// A node for `cell` with no edges yet.
     fn new(cell: Arc<TaskCell>) -> Self {
-        Node { cell, waiting_on: 0, upstream: Vec::new(), downstream: Vec::new(), input: Input::default() }
+        Node {
+            cell,
+            waiting_on: 0,
+            upstream: Vec::new(),
+            downstream: Vec::new(),
+            input: Input::default(),
+        }
     }
 }
 
@@ -217,9 +223,19 @@ impl State {
 
     /// Every task live to the owner.
     pub(crate) fn all_live(&self, env: &Env<'_>) -> Vec<Arc<TaskCell>> {
-        let mut all: Vec<Arc<TaskCell>> =
-            self.nodes.values().filter(|n| !n.cell.is_dead()).map(|n| Arc::clone(&n.cell)).collect();
-        all.extend(env.registry.lock().live().into_iter().filter(|c| !c.is_promoted()));
+        let mut all: Vec<Arc<TaskCell>> = self
+            .nodes
+            .values()
+            .filter(|n| !n.cell.is_dead())
+            .map(|n| Arc::clone(&n.cell))
+            .collect();
+        all.extend(
+            env.registry
+                .lock()
+                .live()
+                .into_iter()
+                .filter(|c| !c.is_promoted()),
+        );
         all
     }
 
@@ -234,7 +250,13 @@ impl State {
     ///
     /// Returns jobs to drop unlocked (of a task failed on arrival).
     #[must_use = "the jobs must be dropped after the lock is released"]
-    pub(crate) fn insert(&mut self, env: &Env<'_>, cell: Arc<TaskCell>, kwargs: Kwargs, upstream: Vec<u64>) -> Vec<Job> {
+    pub(crate) fn insert(
+        &mut self,
+        env: &Env<'_>,
+        cell: Arc<TaskCell>,
+        kwargs: Kwargs,
+        upstream: Vec<u64>,
+    ) -> Vec<Job> {
         let seq = cell.seq;
         let mut node = Node::new(Arc::clone(&cell));
         node.input.kwargs = kwargs;
@@ -242,7 +264,9 @@ impl State {
         for up in upstream {
             if !self.nodes.contains_key(&up) {
                 // A fast task: promote it, or take what it left.
-                let Some(up_cell) = env.registry.lock().find(up).cloned() else { continue };
+                let Some(up_cell) = env.registry.lock().find(up).cloned() else {
+                    continue;
+                };
                 match up_cell.promote() {
                     Ok(()) => {}
                     Err(Ended::FinishedPending) => {
@@ -287,7 +311,12 @@ impl State {
     ///
     /// Returns the jobs of tasks failed by the cascade, to drop unlocked.
     #[must_use = "the jobs must be dropped after the lock is released"]
-    pub(crate) fn finish(&mut self, env: &Env<'_>, cell: &Arc<TaskCell>, outcome: Outcome) -> Vec<Job> {
+    pub(crate) fn finish(
+        &mut self,
+        env: &Env<'_>,
+        cell: &Arc<TaskCell>,
+        outcome: Outcome,
+    ) -> Vec<Job> {
         let seq = cell.seq;
         if !self.nodes.contains_key(&seq) {
             // Stopped while running: its node left and its outcome is dropped.
@@ -313,10 +342,14 @@ impl State {
     /// Releases the downstream tasks of `seq`, which ended; `result` is its
     /// result if it completed (merged into theirs) or `None` if stopped.
     fn release_downstream(&mut self, seq: u64, result: Option<&crate::result::TaskResult>) {
-        let Some(node) = self.nodes.get_mut(&seq) else { return };
+        let Some(node) = self.nodes.get_mut(&seq) else {
+            return;
+        };
         let downstream = mem::take(&mut node.downstream);
         for &d in &downstream {
-            let Some(dn) = self.nodes.get_mut(&d) else { continue };
+            let Some(dn) = self.nodes.get_mut(&d) else {
+                continue;
+            };
             if dn.waiting_on == 0 || dn.cell.is_stopped() || dn.cell.is_finished() {
                 continue;
             }
@@ -357,10 +390,9 @@ impl State {
                     continue;
                 }
                 for &d in &node.downstream {
-                    let blocked = self
-                        .nodes
-                        .get(&d)
-                        .is_some_and(|n| n.waiting_on > 0 && !n.cell.is_finished() && !n.cell.is_stopped());
+                    let blocked = self.nodes.get(&d).is_some_and(|n| {
+                        n.waiting_on > 0 && !n.cell.is_finished() && !n.cell.is_stopped()
+                    });
                     if blocked && seen.insert(d) {
                         next.push(d);
                     }
@@ -380,7 +412,9 @@ impl State {
     /// After a node's task finished: keeps the node while its event is
     /// pending, so that stops can still find it (invariant 1).
     fn retire(&mut self, seq: u64) {
-        let Some(node) = self.nodes.get(&seq) else { return };
+        let Some(node) = self.nodes.get(&seq) else {
+            return;
+        };
         if node.cell.has_pending() && !node.cell.is_stopped() {
             self.finished.push_back(Arc::clone(&node.cell));
         } else {
@@ -457,7 +491,10 @@ impl State {
             }
             self.nodes.remove(&cell.seq);
         }
-        Stopped { count: stopped.len(), jobs }
+        Stopped {
+            count: stopped.len(),
+            jobs,
+        }
     }
 
     /// Shuts down: stops every task and forgets the graph. Returns the jobs
@@ -495,10 +532,17 @@ fn hand_over_input(node: &mut Node) {
 
 /// Builds the terminal event of `cell`'s task.
 pub(crate) fn terminal_event(cell: &TaskCell, outcome: &Outcome, manager: u64) -> Event {
-    let id = TaskId { seq: cell.seq, manager };
+    let id = TaskId {
+        seq: cell.seq,
+        manager,
+    };
     let group = cell.group.as_ref().map(|g| g.key.clone());
     match outcome {
-        Outcome::Completed(result) => Event::Completed { id, group, result: result.clone() },
+        Outcome::Completed(result) => Event::Completed {
+            id,
+            group,
+            result: result.clone(),
+        },
         Outcome::Failed(f) => Event::Failed {
             id,
             group,

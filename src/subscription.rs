@@ -119,7 +119,9 @@ pub(crate) struct Emitter {
 
 impl fmt::Debug for Emitter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Emitter").field("subscribers", &self.subscribers.len()).finish_non_exhaustive()
+        f.debug_struct("Emitter")
+            .field("subscribers", &self.subscribers.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -133,7 +135,11 @@ impl Emitter {
     /// Queues a task's `Completed`/`Failed`, already counted in its cell.
     pub(crate) fn terminal(&mut self, event: Event, cell: &Arc<TaskCell>) {
         if !self.subscribers.is_empty() {
-            self.emit(Envelope { event: Some(event), gate: Some(Arc::clone(cell)), counted: true });
+            self.emit(Envelope {
+                event: Some(event),
+                gate: Some(Arc::clone(cell)),
+                counted: true,
+            });
         }
     }
 
@@ -141,7 +147,11 @@ impl Emitter {
     pub(crate) fn group_finished(&mut self, group: Group, cell: &Arc<TaskCell>) {
         if !self.subscribers.is_empty() {
             let event = Event::GroupFinished { group };
-            self.emit(Envelope { event: Some(event), gate: Some(Arc::clone(cell)), counted: false });
+            self.emit(Envelope {
+                event: Some(event),
+                gate: Some(Arc::clone(cell)),
+                counted: false,
+            });
         }
     }
 
@@ -154,7 +164,9 @@ impl Emitter {
             let this = if i + 1 == n {
                 env.take().expect("one envelope per subscriber")
             } else {
-                env.as_ref().expect("one envelope per subscriber").duplicate()
+                env.as_ref()
+                    .expect("one envelope per subscriber")
+                    .duplicate()
             };
             match sub.send(this) {
                 Ok(true) => self.notify_due = true,

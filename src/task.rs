@@ -65,7 +65,12 @@ impl TaskContext {
     /// Creates the context of a task about to run.
     pub(crate) fn new(id: TaskId, cell: Arc<TaskCell>, input: Option<Box<Input>>) -> Self {
         let Input { kwargs, upstream } = input.map(|b| *b).unwrap_or_default();
-        TaskContext { id, cell, kwargs, upstream }
+        TaskContext {
+            id,
+            cell,
+            kwargs,
+            upstream,
+        }
     }
 
     /// Returns the task's id.

@@ -15,8 +15,7 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
     let mut task = None;
     loop {
         if let Some(cell) = task.take() {
-            shared.run_task(cell);
-            task = shared.next_task();
+            task = shared.run_task(cell).or_else(|| shared.next_task());
             continue;
         }
         let mut st = shared.lock();
