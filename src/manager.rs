@@ -79,6 +79,21 @@ static NEXT_MANAGER: AtomicU64 = AtomicU64::new(1);
 /// The hint's value when the locked ready queue is empty.
 const NOTHING_LOCKED: i64 = i64::MIN;
 
+/// A change to the scheduler state, made by whoever takes the lock next.
+enum Pending {
+    /// A task with upstream tasks, for the graph.
+    Graph {
+        /// The task (promoted).
+        cell: Arc<TaskCell>,
+        /// Its own kwargs.
+        kwargs: Kwargs,
+        /// Its upstream tasks' sequence numbers, validated, sorted, unique.
+        upstream: Vec<u64>,
+    },
+    /// A ready fast task of another priority than 0, for the locked queue.
+    Ready(Arc<TaskCell>),
+}
+
 /// Jobs to drop once the lock is released (their captures' `Drop` is user code).
 #[derive(Default)]
 pub(crate) struct Garbage(Vec<Job>);
@@ -167,6 +182,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Ready fast tasks of priority 0, in id order (module docs).
     fifo: SegQueue<Arc<TaskCell>>,
+    /// Changes waiting for the scheduler lock (module docs).
+    inbox: SegQueue<Pending>,
     /// Fast tasks by id.
     registry: Mutex<Registry>,
     /// Subscriptions and notifier: the emit lock.
@@ -202,15 +219,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Takes the scheduler lock.
+    /// Takes the scheduler lock and applies the inbox, so that every
+    /// decision made under the lock sees every task added before it.
     pub(crate) fn lock(&self) -> Locked<'_> {
-        Locked {
+        let mut st = Locked {
             guard: self.state.lock(),
             hint: &self.hint,
             garbage: Garbage::default(),
             notify: Notify(None),
             emitter: &self.emitter,
-        }
+        };
+        self.drain_inbox(&mut st);
+        st
     }
 
     /// The other locks a graph transition needs.
@@ -243,10 +263,6 @@ impl Shared {
         if after.is_empty() {
             return Ok(self.submit_fast(job, priority, group, kwargs));
         }
-        let mut st = self.lock();
-        if st.mode == Mode::ShutDown {
-            return Err(Error::ShutDown);
-        }
         let issued = self.next_seq.load(Ordering::Acquire);
         let mut upstream = Vec::with_capacity(after.len());
         for id in after {
@@ -261,16 +277,56 @@ impl Shared {
         let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
         let cell = Arc::new(TaskCell::new(seq, priority, group, job, None, true));
         GroupTable::add_member(&cell);
-        let failed = st.insert(&self.env(), cell, kwargs, upstream);
-        if !failed.is_empty() {
-            st.emitted();
-        }
-        st.discard(failed);
-        self.dispatch(&mut st);
+        self.inbox.push(Pending::Graph {
+            cell,
+            kwargs,
+            upstream,
+        });
+        self.after_inbox_push();
         Ok(TaskId {
             seq,
             manager: self.manager_id,
         })
+    }
+
+    /// After a push to the inbox: takes the lock (which drains the inbox)
+    /// if the change may start a task at once (race 1).
+    fn after_inbox_push(self: &Arc<Self>) {
+        fence(Ordering::SeqCst); // race 1
+        if self.wants_dispatch() {
+            let mut st = self.lock();
+            self.dispatch(&mut st);
+        }
+    }
+
+    /// Applies the inbox's changes, in order (lock held).
+    fn drain_inbox(&self, st: &mut Locked<'_>) {
+        while let Some(pending) = self.inbox.pop() {
+            match pending {
+                Pending::Graph {
+                    cell,
+                    kwargs,
+                    upstream,
+                } => {
+                    if st.mode == Mode::ShutDown {
+                        // Raced with shut-down: stopped before it ran.
+                        let _ = cell.stop();
+                        st.discard(cell.take_job());
+                        continue;
+                    }
+                    let failed = st.insert(&self.env(), cell, kwargs, upstream);
+                    if !failed.is_empty() {
+                        st.emitted();
+                    }
+                    st.discard(failed);
+                }
+                Pending::Ready(cell) => {
+                    if st.mode != Mode::ShutDown && !cell.is_stopped() {
+                        st.push_ready(cell);
+                    }
+                }
+            }
+        }
     }
 
     /// Adds a task without upstream (module docs).
@@ -304,21 +360,9 @@ impl Shared {
             manager: self.manager_id,
         };
         if priority != 0 {
-            let mut st = self.lock();
-            if st.mode == Mode::ShutDown {
-                // Raced with shut-down, which stopped it; it never runs.
-                return id;
-            }
-            st.push_ready(cell);
-            self.dispatch(&mut st);
-            return id;
+            self.inbox.push(Pending::Ready(cell));
         }
-        drop(cell);
-        fence(Ordering::SeqCst); // race 1
-        if self.wants_dispatch() {
-            let mut st = self.lock();
-            self.dispatch(&mut st);
-        }
+        self.after_inbox_push();
         id
     }
 
@@ -382,6 +426,7 @@ impl Shared {
         st.idle.push(w);
         self.idle_workers.store(st.idle.len(), Ordering::SeqCst);
         fence(Ordering::SeqCst); // race 1
+        self.drain_inbox(st);
         self.dispatch(st);
         self.registry.lock().trim();
     }
@@ -389,7 +434,8 @@ impl Shared {
     /// Returns `true` if no task is running and none can start.
     fn is_idle(&self, st: &State) -> bool {
         self.busy.load(Ordering::SeqCst) == 0
-            && (st.mode != Mode::Processing || (self.fifo.is_empty() && st.queued == 0))
+            && (st.mode != Mode::Processing
+                || (self.fifo.is_empty() && st.queued == 0 && self.inbox.is_empty()))
     }
 
     /// Takes the next task for a worker that just finished one, without
@@ -410,7 +456,7 @@ impl Shared {
     fn pick(self: &Arc<Self>) -> Option<Arc<TaskCell>> {
         loop {
             let hint = self.hint.load(Ordering::SeqCst);
-            if hint < 0 {
+            if hint < 0 && self.inbox.is_empty() {
                 if let Some(cell) = self.fifo.pop() {
                     if !self.processing.load(Ordering::SeqCst) {
                         // Paused meanwhile: keep its place, by id, in the locked queue.
@@ -425,7 +471,7 @@ impl Shared {
                     }
                     continue; // stopped while queued
                 }
-                if hint == NOTHING_LOCKED {
+                if hint == NOTHING_LOCKED && self.inbox.is_empty() {
                     return None;
                 }
             }
@@ -520,7 +566,11 @@ impl Shared {
         let jobs = st.finish(&self.env(), cell, outcome);
         st.discard(jobs);
         st.emitted();
-        let next = if st.mode == Mode::Processing { st.pop_ready(&self.fifo) } else { None };
+        let next = if st.mode == Mode::Processing {
+            st.pop_ready(&self.fifo)
+        } else {
+            None
+        };
         if next.is_some() {
             self.busy.fetch_add(1, Ordering::SeqCst);
         }
@@ -632,6 +682,7 @@ impl TaskManager {
         let shared = Shared {
             state: Mutex::new(State::new(mode, manager_id)),
             fifo: SegQueue::new(),
+            inbox: SegQueue::new(),
             registry: Mutex::new(Registry::default()),
             emitter: Mutex::new(Emitter::default()),
             groups: GroupTable::default(),
