@@ -31,6 +31,8 @@
 
 use std::fmt;
 
+use smallvec::SmallVec;
+
 use crate::group::GroupState;
 use crate::kwargs::Kwargs;
 use crate::result::TaskResult;
@@ -57,7 +59,7 @@ pub(crate) struct Input {
     /// Own kwargs merged with upstream `Kwargs` results.
     pub(crate) kwargs: Kwargs,
     /// Results of completed upstream tasks, by upstream sequence number.
-    pub(crate) upstream: Vec<(u64, TaskResult)>,
+    pub(crate) upstream: SmallVec<[(u64, TaskResult); 1]>,
 }
 
 /// How a task ended.

@@ -55,6 +55,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
+use smallvec::SmallVec;
 
 use crate::builder::Builder;
 use crate::cell::{FastEnd, Input, Outcome, TaskCell};
@@ -64,7 +65,7 @@ use crate::handle::TaskHandle;
 use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
-use crate::state::{terminal_event, Env, Mode, State, WorkerSlot};
+use crate::state::{terminal_event, Env, Ids, Mode, State, WorkerSlot};
 use crate::subscription::{self, Emitter, Subscription};
 use crate::sync::{
     fence, Arc, AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
@@ -88,7 +89,7 @@ enum Pending {
         /// Its own kwargs.
         kwargs: Kwargs,
         /// Its upstream tasks' sequence numbers, validated, sorted, unique.
-        upstream: Vec<u64>,
+        upstream: Ids,
     },
     /// A ready fast task of another priority than 0, for the locked queue.
     Ready(Arc<TaskCell>),
@@ -254,7 +255,7 @@ impl Shared {
         job: Job,
         priority: i32,
         group: Option<Group>,
-        after: Vec<TaskId>,
+        after: SmallVec<[TaskId; 2]>,
         kwargs: Kwargs,
     ) -> Result<TaskId, Error> {
         if self.closed.load(Ordering::Acquire) {
@@ -264,7 +265,7 @@ impl Shared {
             return Ok(self.submit_fast(job, priority, group, kwargs));
         }
         let issued = self.next_seq.load(Ordering::Acquire);
-        let mut upstream = Vec::with_capacity(after.len());
+        let mut upstream = Ids::new();
         for id in after {
             if id.manager != self.manager_id || id.seq >= issued {
                 return Err(Error::UnknownTask { id });
@@ -341,7 +342,7 @@ impl Shared {
         let input = (!kwargs.is_empty()).then(|| {
             Box::new(Input {
                 kwargs,
-                upstream: Vec::new(),
+                upstream: SmallVec::new(),
             })
         });
         let cell = {

@@ -74,14 +74,21 @@ impl Level {
 /// Ready tasks ordered by (priority descending, id ascending).
 #[derive(Debug, Default)]
 pub(crate) struct ReadyQueue {
-    /// Non-empty levels, best (highest priority) first.
+    /// Priority 0, the default: kept even when empty, so a chain of tasks
+    /// that each become ready alone does not allocate a level per task.
+    zero: Level,
+    /// Non-empty levels of other priorities, best (highest) first.
     levels: BTreeMap<Reverse<i32>, Level>,
 }
 
 impl ReadyQueue {
     /// Queues `cell` at `priority`. O(log p); O(1) when ids arrive in order.
     pub(crate) fn push(&mut self, priority: i32, cell: Arc<TaskCell>) {
-        let level = self.levels.entry(Reverse(priority)).or_default();
+        let level = if priority == 0 {
+            &mut self.zero
+        } else {
+            self.levels.entry(Reverse(priority)).or_default()
+        };
         match level.fifo.back() {
             Some(back) if cell.seq < back.seq => level.late.push(Reverse(BySeq(cell))),
             _ => level.fifo.push_back(cell),
@@ -91,12 +98,18 @@ impl ReadyQueue {
     /// Pops the best entry for which `take` succeeds, discarding the others.
     pub(crate) fn pop(&mut self, mut take: impl FnMut(&TaskCell) -> bool) -> Option<Arc<TaskCell>> {
         loop {
-            let mut entry = self.levels.first_entry()?;
-            let level = entry.get_mut();
-            let popped = level.pop();
-            if level.is_empty() {
-                entry.remove();
-            }
+            let best = self.levels.first_key_value().map(|(Reverse(p), _)| *p);
+            let popped = match best {
+                Some(p) if p > 0 || self.zero.is_empty() => {
+                    let mut entry = self.levels.first_entry().expect("non-empty");
+                    let popped = entry.get_mut().pop();
+                    if entry.get().is_empty() {
+                        entry.remove();
+                    }
+                    popped
+                }
+                _ => Some(self.zero.pop()?),
+            };
             if let Some(cell) = popped {
                 if take(&cell) {
                     return Some(cell);
@@ -107,11 +120,17 @@ impl ReadyQueue {
 
     /// Returns the highest priority with an entry (live or stale).
     pub(crate) fn best_priority(&self) -> Option<i32> {
-        self.levels.first_key_value().map(|(Reverse(p), _)| *p)
+        let other = self.levels.first_key_value().map(|(Reverse(p), _)| *p);
+        match other {
+            Some(p) if p > 0 || self.zero.is_empty() => Some(p),
+            _ if !self.zero.is_empty() => Some(0),
+            _ => None,
+        }
     }
 
     /// Drops every entry.
     pub(crate) fn clear(&mut self) {
+        self.zero = Level::default();
         self.levels.clear();
     }
 }
@@ -163,6 +182,6 @@ mod tests {
         assert_eq!(q.pop(|c| c.seq != 1).map(|c| c.seq), Some(3));
         assert_eq!(q.pop(|c| c.seq != 5).map(|c| c.seq), Some(0));
         assert_eq!(drain(&mut q), vec![2, 4]);
-        assert!(q.levels.is_empty());
+        assert!(q.levels.is_empty() && q.zero.is_empty());
     }
 }

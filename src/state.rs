@@ -33,6 +33,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::mem;
 
 use crossbeam_queue::SegQueue;
+use smallvec::SmallVec;
 
 use crate::cell::{Ended, Input, Outcome, Payload, StopFound, TaskCell};
 use crate::event::Event;
@@ -63,6 +64,9 @@ impl Hasher for SeqHasher {
     }
 }
 
+/// Sequence numbers of a node's neighbours: most have one or two.
+pub(crate) type Ids = SmallVec<[u64; 2]>;
+
 /// Map from task sequence number to node.
 type NodeMap = HashMap<u64, Node, BuildHasherDefault<SeqHasher>>;
 
@@ -73,9 +77,9 @@ struct Node {
     /// Upstream tasks not yet ended (invariant 2).
     waiting_on: u32,
     /// Upstream tasks that were live when this task was added.
-    upstream: Vec<u64>,
+    upstream: Ids,
     /// Tasks added later with this one upstream.
-    downstream: Vec<u64>,
+    downstream: Ids,
     /// Own kwargs and upstream results gathered while blocked.
     input: Input,
 }
@@ -86,8 +90,8 @@ impl Node {
         Node {
             cell,
             waiting_on: 0,
-            upstream: Vec::new(),
-            downstream: Vec::new(),
+            upstream: Ids::new(),
+            downstream: Ids::new(),
             input: Input::default(),
         }
     }
@@ -255,7 +259,7 @@ impl State {
         env: &Env<'_>,
         cell: Arc<TaskCell>,
         kwargs: Kwargs,
-        upstream: Vec<u64>,
+        upstream: Ids,
     ) -> Vec<Job> {
         let seq = cell.seq;
         let mut node = Node::new(Arc::clone(&cell));

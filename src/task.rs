@@ -5,6 +5,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::panic::Location;
 
+use smallvec::SmallVec;
+
 use crate::cell::{Input, TaskCell};
 use crate::error::Error;
 use crate::handle::TaskHandle;
@@ -58,7 +60,7 @@ pub struct TaskContext {
     /// Own kwargs merged with upstream `Kwargs` results.
     kwargs: Kwargs,
     /// Results of completed upstream tasks, by upstream sequence number.
-    upstream: Vec<(u64, TaskResult)>,
+    upstream: SmallVec<[(u64, TaskResult); 1]>,
 }
 
 impl TaskContext {
@@ -192,7 +194,7 @@ pub struct TaskBuilder<'a> {
     /// The task's group.
     group: Option<Group>,
     /// Upstream task ids.
-    after: Vec<TaskId>,
+    after: SmallVec<[TaskId; 2]>,
     /// Own kwargs.
     kwargs: Kwargs,
 }
@@ -222,7 +224,7 @@ impl<'a> TaskBuilder<'a> {
             manager,
             priority: 0,
             group: None,
-            after: Vec::new(),
+            after: SmallVec::new(),
             kwargs: Kwargs::new(),
         }
     }
