@@ -1,129 +1,433 @@
-//! `TaskCell`: the part of a task shared outside the scheduler lock.
+//! `TaskCell`: one task's shared record, and the state machine that lets
+//! workers, stop calls and subscription queues agree on its fate without a
+//! common lock.
 //!
-//! The scheduler's graph node is private to the lock holder. Three other
-//! parties need to know about a task without that lock: the task body
-//! (`TaskContext::is_stopped`), and every subscription queue that holds one
-//! of its events (to drop events of tasks stopped after they were queued).
-//! They share this cell.
+//! Every task is a cell. A task without upstream ("fast" task) lives only
+//! here, in a ready structure and in the registry; a task with upstream or
+//! downstream edges also has a graph node under the scheduler lock and
+//! carries the `PROMOTED` bit, which routes its end through that lock.
 //!
 //! # Invariants
 //!
-//! 1. `STOPPED` is set at most once and never cleared. It is set only by a
-//!    stop call or shut-down, under the scheduler lock.
-//! 2. The pending count is the number of subscription queues that hold this
-//!    task's `Completed`/`Failed` event and have neither delivered nor
-//!    discarded it. It is raised (once, under the scheduler lock) just before
-//!    the event is queued, and lowered once per queue by `settle`.
-//! 3. A task is *live to the owner* until either invariant 1 holds or its
-//!    terminal event was queued and the pending count is back at zero. A stop
-//!    succeeds on a finished task only by setting `STOPPED` while the pending
-//!    count is non-zero (a compare-and-swap), so "delivered" and "stopped"
-//!    exclude each other per queue: this is the "no stale events" guarantee.
+//! 1. `STOPPED` and `FINISHED` are set at most once and never cleared. A
+//!    task ends exactly once: either `FINISHED` (a worker decided its
+//!    outcome, or a failure cascade reached it) is set while `STOPPED` is
+//!    clear, or `STOPPED` is set while `FINISHED` is clear. Both are set by
+//!    compare-and-swap, so exactly one party wins: the winner does the
+//!    task's group accounting (group invariant 1).
+//! 2. `STOPPED` may also be set after `FINISHED`, only while the pending
+//!    count is non-zero: that stops a task whose event waits in a queue.
+//! 3. The pending count is the number of subscription queues that hold the
+//!    terminal event undelivered. It is raised, under the emit lock, before
+//!    the event is queued, and lowered once per queue by `settle`. A queue
+//!    delivers the event only if `STOPPED` was clear when it settled, so a
+//!    stop that returns has excluded every later delivery ("no stale events").
+//! 4. A task is *live to the owner* until it is stopped, or finished with a
+//!    pending count of zero (`is_dead`).
+//! 5. `CLAIMED` is set by the one worker that will run the task, and only
+//!    if `STOPPED` is clear: a stopped task never starts.
+//! 6. `PROMOTED` and `IN_READY` change only under the scheduler lock.
+//!    `PROMOTED` is set only while `FINISHED` and `STOPPED` are clear.
 
-use crate::sync::{AtomicU64, Ordering};
+use std::fmt;
 
-/// Bit set once the task was stopped.
+use smallvec::SmallVec;
+
+use crate::group::GroupState;
+use crate::kwargs::Kwargs;
+use crate::result::TaskResult;
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
+use crate::task::Job;
+use crate::unwind::Failure;
+
+/// Set once the task was stopped (invariants 1, 2).
 const STOPPED: u64 = 1 << 63;
+/// Set once the task's outcome was decided (invariant 1).
+const FINISHED: u64 = 1 << 62;
+/// Set while the task has a graph node (invariant 6).
+const PROMOTED: u64 = 1 << 61;
+/// Set once a worker took the task to run it (invariant 5).
+const CLAIMED: u64 = 1 << 60;
+/// Set while the task has a live entry in the locked ready queue.
+const IN_READY: u64 = 1 << 59;
+/// The pending-delivery count (invariant 3).
+const PENDING: u64 = IN_READY - 1;
 
-/// Shared, lock-free state of one task.
-#[derive(Debug)]
+/// What a task gets when it starts: its kwargs and its upstream results.
+#[derive(Default)]
+pub(crate) struct Input {
+    /// Own kwargs merged with upstream `Kwargs` results.
+    pub(crate) kwargs: Kwargs,
+    /// Results of completed upstream tasks, by upstream sequence number.
+    pub(crate) upstream: SmallVec<[(u64, TaskResult); 1]>,
+}
+
+/// How a task ended.
+#[derive(Clone)]
+pub(crate) enum Outcome {
+    /// Returned `Ok`.
+    Completed(TaskResult),
+    /// Returned `Err`, panicked, or was failed by an upstream task.
+    Failed(Arc<Failure>),
+}
+
+/// The part of a cell that moves: the work before the task runs, its
+/// outcome after.
+pub(crate) enum Payload {
+    /// Not started.
+    Pending {
+        /// The work.
+        job: Job,
+        /// Kwargs and upstream results, if any.
+        input: Option<Box<Input>>,
+    },
+    /// Running, stopped before it ran, or ended with nobody to tell.
+    Empty,
+    /// Ended; kept while its event is pending so that a task added after it
+    /// in the meantime gets its result (or its failure).
+    Done(Outcome),
+}
+
+/// How a stop call found a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopFound {
+    /// Already stopped, or ended and delivered: not live (nothing changed).
+    NotLive,
+    /// Ended with its event pending: the event is now dropped.
+    Finished,
+    /// Had not ended; `claimed` if a worker holds it.
+    Unfinished {
+        /// A worker is running (or about to run) it.
+        claimed: bool,
+        /// It had a live entry in the locked ready queue.
+        in_ready: bool,
+    },
+}
+
+/// How a worker's attempt to end a fast task went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FastEnd {
+    /// `FINISHED` is set: emit its events.
+    Finished,
+    /// It was stopped: drop the outcome.
+    Stopped,
+    /// It has a graph node: end it under the scheduler lock.
+    Promoted,
+}
+
+/// One task's shared record.
 pub(crate) struct TaskCell {
-    /// The task's sequence number.
+    /// Sequence number (its `TaskId` within the manager).
     pub(crate) seq: u64,
-    /// `STOPPED` flag plus the pending-delivery count (invariants 1 and 2).
+    /// Higher runs first.
+    pub(crate) priority: i32,
+    /// The task's group, if any.
+    pub(crate) group: Option<Arc<GroupState>>,
+    /// Flags and pending count (module invariants).
     state: AtomicU64,
+    /// The work, then the outcome.
+    pub(crate) payload: Mutex<Payload>,
+}
+
+impl fmt::Debug for TaskCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskCell")
+            .field("seq", &self.seq)
+            .field("priority", &self.priority)
+            .field(
+                "state",
+                &format_args!("{:#x}", self.state.load(Ordering::Relaxed)),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskCell {
-    /// Creates the cell of a new, live task.
-    pub(crate) fn new(seq: u64) -> Self {
+    /// Creates the cell of a new task. `promoted` for tasks that get a graph
+    /// node at once (those with upstream tasks).
+    pub(crate) fn new(
+        seq: u64,
+        priority: i32,
+        group: Option<Arc<GroupState>>,
+        job: Job,
+        input: Option<Box<Input>>,
+        promoted: bool,
+    ) -> Self {
         TaskCell {
             seq,
-            state: AtomicU64::new(0),
+            priority,
+            group,
+            state: AtomicU64::new(if promoted { PROMOTED } else { 0 }),
+            payload: Mutex::new(Payload::Pending { job, input }),
         }
     }
 
-    /// Returns `true` once the task was stopped (invariant 1).
+    /// Reads the flags.
+    fn load(&self) -> u64 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Applies `f` to the state until a compare-and-swap succeeds or `f`
+    /// declines (returns `None`); returns the state `f` last saw.
+    fn update(&self, mut f: impl FnMut(u64) -> Option<u64>) -> Result<u64, u64> {
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| f(s))
+    }
+
+    /// Returns `true` once the task was stopped.
     pub(crate) fn is_stopped(&self) -> bool {
-        self.state.load(Ordering::Acquire) & STOPPED != 0
+        self.load() & STOPPED != 0
     }
 
-    /// Marks a task that has not produced its terminal event as stopped.
-    /// Called under the scheduler lock.
-    pub(crate) fn mark_stopped(&self) {
-        self.state.fetch_or(STOPPED, Ordering::AcqRel);
+    /// Returns `true` once the outcome was decided.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.load() & FINISHED != 0
     }
 
-    /// Records that the terminal event is about to be queued in `n` queues
-    /// (invariant 2). Called under the scheduler lock.
-    pub(crate) fn add_pending(&self, n: usize) {
-        self.state.fetch_add(n as u64, Ordering::AcqRel);
+    /// Returns `true` if the task has a graph node.
+    pub(crate) fn is_promoted(&self) -> bool {
+        self.load() & PROMOTED != 0
     }
 
-    /// Returns `true` if some queue still holds the terminal event undelivered.
+    /// Returns `true` if the task is no longer live to the owner (invariant 4).
+    pub(crate) fn is_dead(&self) -> bool {
+        let s = self.load();
+        s & STOPPED != 0 || (s & FINISHED != 0 && s & PENDING == 0)
+    }
+
+    /// Returns `true` if some queue still holds the terminal event.
     pub(crate) fn has_pending(&self) -> bool {
-        self.state.load(Ordering::Acquire) & !STOPPED != 0
+        self.load() & PENDING != 0
     }
 
-    /// Stops a finished task whose event may still wait in a queue.
-    ///
-    /// Returns `true` if the task was still live to the owner (some queue had
-    /// not delivered its event) and is now stopped; `false` if every queue
-    /// had already delivered or discarded it, or it was stopped before.
-    pub(crate) fn stop_undelivered(&self) -> bool {
-        let mut cur = self.state.load(Ordering::Acquire);
-        loop {
-            if cur & STOPPED != 0 || cur == 0 {
-                return false;
-            }
-            match self.state.compare_exchange_weak(
-                cur,
-                cur | STOPPED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => cur = actual,
-            }
+    /// Takes the task for a worker to run; `false` if it was stopped
+    /// (invariant 5).
+    pub(crate) fn claim(&self) -> bool {
+        self.update(|s| (s & (STOPPED | CLAIMED | FINISHED) == 0).then_some(s | CLAIMED))
+            .is_ok()
+    }
+
+    /// Undoes `claim` for a task no worker could take (under the scheduler lock).
+    pub(crate) fn unclaim(&self) {
+        self.state.fetch_and(!CLAIMED, Ordering::AcqRel);
+    }
+
+    /// Gives a worker the work and input of a claimed task.
+    pub(crate) fn take_work(&self) -> Option<(Job, Option<Box<Input>>)> {
+        match std::mem::replace(&mut *self.payload.lock(), Payload::Empty) {
+            Payload::Pending { job, input } => Some((job, input)),
+            _ => None,
         }
     }
 
-    /// Settles one queue's copy of the terminal event: the queue delivers it
-    /// if this returns `true`, and must discard it otherwise (invariant 3).
+    /// Takes the job of a task that will never run.
+    pub(crate) fn take_job(&self) -> Option<Job> {
+        self.take_work().map(|(job, _)| job)
+    }
+
+    /// Stops the task if it is live (invariants 1, 2). Called under the
+    /// scheduler lock.
+    pub(crate) fn stop(&self) -> StopFound {
+        let mut found = StopFound::NotLive;
+        let _ = self.update(|s| {
+            if s & STOPPED != 0 {
+                found = StopFound::NotLive;
+                None
+            } else if s & FINISHED != 0 {
+                if s & PENDING == 0 {
+                    found = StopFound::NotLive;
+                    None
+                } else {
+                    found = StopFound::Finished;
+                    Some(s | STOPPED)
+                }
+            } else {
+                found = StopFound::Unfinished {
+                    claimed: s & CLAIMED != 0,
+                    in_ready: s & IN_READY != 0,
+                };
+                Some((s | STOPPED) & !IN_READY)
+            }
+        });
+        found
+    }
+
+    /// Marks the outcome decided for a fast task (invariant 1) and, in the
+    /// same step, counts the `pending` queues its event is about to enter
+    /// (invariant 3), so that it never looks delivered before it is queued.
+    pub(crate) fn end_fast(&self, pending: usize) -> FastEnd {
+        let mut result = FastEnd::Finished;
+        let _ = self.update(|s| {
+            if s & STOPPED != 0 {
+                result = FastEnd::Stopped;
+                None
+            } else if s & PROMOTED != 0 {
+                result = FastEnd::Promoted;
+                None
+            } else {
+                result = FastEnd::Finished;
+                Some((s | FINISHED) + pending as u64)
+            }
+        });
+        result
+    }
+
+    /// Marks the outcome decided for a task with a graph node, counting
+    /// `pending` queues as `end_fast` does; `false` if it had ended. Called
+    /// under the scheduler lock.
+    pub(crate) fn end_promoted(&self, pending: usize) -> bool {
+        self.update(|s| (s & (STOPPED | FINISHED) == 0).then_some((s | FINISHED) + pending as u64))
+            .is_ok()
+    }
+
+    /// Sets `PROMOTED` if the task has not ended; returns the state seen
+    /// otherwise. Called under the scheduler lock (invariant 6).
+    pub(crate) fn promote(&self) -> Result<(), Ended> {
+        match self.update(|s| (s & (STOPPED | FINISHED) == 0).then_some(s | PROMOTED)) {
+            Ok(_) => Ok(()),
+            Err(s) if s & STOPPED != 0 => Err(Ended::Stopped),
+            Err(s) if s & PENDING != 0 => Err(Ended::FinishedPending),
+            Err(_) => Err(Ended::Delivered),
+        }
+    }
+
+    /// Records an entry in the locked ready queue (under the scheduler lock).
+    pub(crate) fn set_in_ready(&self, on: bool) {
+        if on {
+            self.state.fetch_or(IN_READY, Ordering::AcqRel);
+        } else {
+            self.state.fetch_and(!IN_READY, Ordering::AcqRel);
+        }
+    }
+
+    /// Returns `true` if the task has a live entry in the locked ready queue.
+    pub(crate) fn is_in_ready(&self) -> bool {
+        self.load() & IN_READY != 0
+    }
+
+    /// Settles one queue's copy of the terminal event: `true` if the queue
+    /// may deliver it (invariant 3). The last copy releases the kept outcome.
     pub(crate) fn settle(&self) -> bool {
         let prev = self.state.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(prev & !STOPPED != 0, "settled more copies than were queued");
+        debug_assert!(prev & PENDING != 0, "settled more copies than were queued");
+        if prev & PENDING == 1 {
+            let mut payload = self.payload.lock();
+            if matches!(*payload, Payload::Done(_)) {
+                *payload = Payload::Empty;
+            }
+        }
         prev & STOPPED == 0
     }
+
+    /// Returns the kept outcome of an ended task whose event is pending.
+    pub(crate) fn kept_outcome(&self) -> Option<Outcome> {
+        match &*self.payload.lock() {
+            Payload::Done(o) => Some(o.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps the outcome for tasks added after this one while its event is
+    /// pending (see [`Payload::Done`]).
+    pub(crate) fn keep_outcome(&self, outcome: Outcome) {
+        *self.payload.lock() = Payload::Done(outcome);
+    }
+
+    /// Drops a kept outcome (the task was stopped, or nobody will read it).
+    pub(crate) fn clear_outcome(&self) {
+        let mut payload = self.payload.lock();
+        if matches!(*payload, Payload::Done(_)) {
+            *payload = Payload::Empty;
+        }
+    }
+}
+
+/// How an ended task was found by `promote`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Stopped.
+    Stopped,
+    /// Finished, its event still pending: its outcome is kept.
+    FinishedPending,
+    /// Finished and delivered (or nobody subscribed).
+    Delivered,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::Job;
 
-    #[test]
-    fn a_queued_copy_is_delivered_or_stopped_never_both() {
-        let cell = TaskCell::new(1);
-        assert!(
-            !cell.stop_undelivered(),
-            "no event queued yet: not stoppable here"
-        );
-        cell.add_pending(2);
-        assert!(cell.settle(), "first queue delivers");
-        assert!(cell.has_pending());
-        assert!(cell.stop_undelivered(), "second queue still holds it");
-        assert!(cell.is_stopped());
-        assert!(!cell.settle(), "second queue must discard");
-        assert!(!cell.stop_undelivered());
+    fn cell() -> TaskCell {
+        let job: Job = Box::new(|_| unreachable!());
+        TaskCell::new(1, 0, None, job, None, false)
     }
 
     #[test]
-    fn fully_delivered_task_is_not_stoppable() {
-        let cell = TaskCell::new(1);
-        cell.add_pending(1);
-        assert!(cell.settle());
-        assert!(!cell.has_pending());
-        assert!(!cell.stop_undelivered());
-        assert!(!cell.is_stopped());
+    fn a_stopped_task_is_never_claimed_and_a_claimed_one_is_running() {
+        let c = cell();
+        assert!(c.claim());
+        assert!(!c.claim(), "claimed once only");
+        assert_eq!(
+            c.stop(),
+            StopFound::Unfinished {
+                claimed: true,
+                in_ready: false
+            }
+        );
+        assert_eq!(c.end_fast(0), FastEnd::Stopped);
+        assert!(c.is_dead());
+        let c = cell();
+        assert_eq!(
+            c.stop(),
+            StopFound::Unfinished {
+                claimed: false,
+                in_ready: false
+            }
+        );
+        assert!(!c.claim());
+        assert!(c.take_job().is_some(), "the stopper drops the job");
+    }
+
+    #[test]
+    fn finish_and_stop_exclude_each_other() {
+        let c = cell();
+        assert!(c.claim());
+        assert_eq!(c.end_fast(0), FastEnd::Finished);
+        assert!(c.is_dead(), "no queue holds its event");
+        assert_eq!(c.stop(), StopFound::NotLive);
+        assert!(!c.is_stopped());
+    }
+
+    #[test]
+    fn a_queued_copy_is_delivered_or_stopped_never_both() {
+        let c = cell();
+        assert!(c.claim());
+        assert_eq!(c.end_fast(2), FastEnd::Finished);
+        assert!(!c.is_dead());
+        assert!(c.settle(), "first queue delivers");
+        assert_eq!(c.stop(), StopFound::Finished, "second queue still holds it");
+        assert!(!c.settle(), "second queue must discard");
+        assert_eq!(c.stop(), StopFound::NotLive);
+    }
+
+    #[test]
+    fn promotion_only_before_the_end() {
+        let c = cell();
+        assert_eq!(c.promote(), Ok(()));
+        assert_eq!(c.end_fast(1), FastEnd::Promoted);
+        assert!(!c.has_pending(), "a declined end counts nothing");
+        assert!(c.end_promoted(0));
+        assert!(!c.end_promoted(0), "ends once");
+        assert_eq!(cell().promote(), Ok(()));
+        let d = cell();
+        assert!(d.claim());
+        assert_eq!(d.end_fast(1), FastEnd::Finished);
+        assert_eq!(d.promote(), Err(Ended::FinishedPending));
+        assert!(d.settle());
+        assert_eq!(d.promote(), Err(Ended::Delivered));
+        let e = cell();
+        let _ = e.stop();
+        assert_eq!(e.promote(), Err(Ended::Stopped));
     }
 }

@@ -1,32 +1,53 @@
 //! `TaskManager`: the public handle, and `Shared`, what its clones and the
 //! workers share.
 //!
-//! # The submission fast path
+//! # How a task travels
 //!
-//! A task without upstream needs nothing from the graph to be added, so it
-//! is pushed onto a lock-free inbox (`SegQueue`) instead of taking the
-//! scheduler lock. Whoever takes the lock next moves the inbox into the
-//! graph before doing anything else ([`Shared::lock`]), so every decision
-//! made under the lock sees every task added before it, in order: priority
-//! then FIFO hold exactly as if each add had taken the lock.
+//! A task without upstream ("fast") gets its sequence number and a place in
+//! the registry under the registry lock and, if its priority is 0, is
+//! pushed onto the lock-free FIFO in the same critical section, so FIFO
+//! order is id order. Other priorities go to the locked ready queue. A
+//! worker takes its next task without any lock while the locked queue holds
+//! nothing of priority 0 or more (the `hint`), and ends it with atomics on
+//! its cell plus the short emit lock. A task with upstream, or one that
+//! became an upstream while live, has a graph node and goes through the
+//! scheduler lock (`state.rs`).
 //!
-//! The inbox may only be used when no worker is idle and none may be
-//! started, since otherwise the task must start at once (SPEC 2: "adding a
-//! ready task starts it at once if a worker is free"). Two races are closed
-//! by pairs of `SeqCst` operations (each side writes, fences, then reads
-//! what the other side writes):
+//! # Why the ordering rules hold on the fast path
 //!
-//! 1. Submitter pushes to the inbox then reads `idle_workers`; a worker
-//!    going idle publishes `idle_workers` then drains the inbox under the
-//!    lock. Either the worker sees the task, or the submitter sees the idle
-//!    worker and takes the lock to dispatch.
-//! 2. Submitter pushes then reads `processing`; `start_processing` writes
-//!    `processing` then takes the lock (draining the inbox) to dispatch.
+//! - Priority: a worker pops the FIFO without the lock only when the hint
+//!   says the locked queue's best priority is below 0; otherwise it takes
+//!   the lock and, while the locked queue has nothing better than 0, pulls
+//!   the FIFO's head into it, so the two are compared by (priority, id).
+//!   The hint is stored before the scheduler lock is released, so a pick
+//!   that starts after an add returned sees it.
+//! - FIFO within a priority: the FIFO is in id order (above); the locked
+//!   queue orders by id within a priority.
+//! - Pause: a worker that popped the FIFO re-reads `processing`; if it is
+//!   off, the task goes to the locked queue (keeping its place by id). A
+//!   task added after `pause_processing` returned is popped after that
+//!   store, so the re-read sees it.
+//! - Immediate start: an add that finds an idle worker (or room for a new
+//!   one) takes the scheduler lock and hands the best ready task directly
+//!   to that worker, so the first task added to an idle pool is the first
+//!   to run even if a better one follows a moment later.
+//!
+//! Two races between submitters and workers are closed by `SeqCst` pairs
+//! (each side writes, fences, then reads what the other side writes):
+//!
+//! 1. A submitter pushes to the FIFO then reads `idle_workers`; a worker
+//!    going idle publishes `idle_workers`, then looks for work under the
+//!    lock. Either the worker sees the task, or the submitter sees the
+//!    idle worker and dispatches.
+//! 2. A worker lowers `busy` then reads `idle_waiters`; `wait_idle` raises
+//!    `idle_waiters` then reads `busy` under the lock. A worker that makes
+//!    the manager idle while someone waits takes the lock to wake them.
 //!
 //! # Lock order
 //!
-//! There is one lock, `Shared::state`. Subscription queues are lock-free
-//! and the notifier and user `Drop`s run after it is released ([`Locked`]).
+//! scheduler → registry, scheduler → emitter, scheduler → group table;
+//! the registry, the emitter and a group's member list are leaves. The
+//! notifier and user `Drop`s run after every lock is released ([`Locked`]).
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -34,24 +55,45 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
+use smallvec::SmallVec;
 
 use crate::builder::Builder;
-use crate::cell::TaskCell;
+use crate::cell::{FastEnd, Input, Outcome, TaskCell};
 use crate::error::Error;
+use crate::group::GroupTable;
 use crate::handle::TaskHandle;
 use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
-use crate::state::{Mode, State, WorkerSlot};
-use crate::subscription::{self, Subscription};
+use crate::registry::Registry;
+use crate::state::{terminal_event, Env, Ids, Mode, State, WorkerSlot};
+use crate::subscription::{self, Emitter, Subscription};
 use crate::sync::{
-    fence, Arc, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
+    fence, Arc, AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
 };
-use crate::task::{Job, NewTask, Notifier, TaskBuilder, TaskContext};
+use crate::task::{Job, TaskBuilder, TaskContext};
 use crate::unwind;
 use crate::worker;
 
 /// Process-wide counter that gives each manager its own id space.
 static NEXT_MANAGER: AtomicU64 = AtomicU64::new(1);
+
+/// The hint's value when the locked ready queue is empty.
+const NOTHING_LOCKED: i64 = i64::MIN;
+
+/// A change to the scheduler state, made by whoever takes the lock next.
+enum Pending {
+    /// A task with upstream tasks, for the graph.
+    Graph {
+        /// The task (promoted).
+        cell: Arc<TaskCell>,
+        /// Its own kwargs.
+        kwargs: Kwargs,
+        /// Its upstream tasks' sequence numbers, validated, sorted, unique.
+        upstream: Ids,
+    },
+    /// A ready fast task of another priority than 0, for the locked queue.
+    Ready(Arc<TaskCell>),
+}
 
 /// Jobs to drop once the lock is released (their captures' `Drop` is user code).
 #[derive(Default)]
@@ -65,29 +107,35 @@ impl Drop for Garbage {
     }
 }
 
-/// A notifier call owed once the lock is released.
-#[derive(Default)]
-pub(crate) struct DeferredNotify(Option<Notifier>);
+/// Calls the notifier, if one is owed, after every lock is released.
+pub(crate) struct Notify<'a>(Option<&'a Mutex<Emitter>>);
 
-impl Drop for DeferredNotify {
+impl Drop for Notify<'_> {
     fn drop(&mut self) {
-        if let Some(n) = self.0.take() {
-            // A panicking notifier must not take the worker down (SPEC 7).
-            unwind::contain(|| n());
+        if let Some(emitter) = self.0 {
+            let notifier = emitter.lock().take_notify();
+            if let Some(n) = notifier {
+                // A panicking notifier must not take the worker down (SPEC 7).
+                unwind::contain(|| n());
+            }
         }
     }
 }
 
-/// The scheduler lock, held. Dropping it releases the lock first, then
-/// drops collected jobs, then calls the notifier if an event landed in an
-/// empty queue (fields drop in declaration order).
+/// The scheduler lock, held. Dropping it publishes the hint, releases the
+/// lock, then drops collected jobs, then calls the notifier if events were
+/// emitted (fields drop in declaration order).
 pub(crate) struct Locked<'a> {
     /// The lock itself.
     pub(crate) guard: MutexGuard<'a, State>,
+    /// Where the hint goes on release.
+    hint: &'a AtomicI64,
     /// Jobs to drop unlocked.
     garbage: Garbage,
-    /// Notifier to call unlocked.
-    notify: DeferredNotify,
+    /// Notifier check to run unlocked.
+    notify: Notify<'a>,
+    /// The emitter, for `emitted`.
+    emitter: &'a Mutex<Emitter>,
 }
 
 impl Locked<'_> {
@@ -96,16 +144,23 @@ impl Locked<'_> {
         self.garbage.0.extend(jobs);
     }
 
-    /// Moves an owed notifier call from the state into this guard.
-    pub(crate) fn collect_notify(&mut self) {
-        if let Some(n) = self.guard.take_notify() {
-            self.notify.0 = Some(n);
-        }
+    /// Records that events were queued, so the notifier is checked after
+    /// unlocking.
+    pub(crate) fn emitted(&mut self) {
+        self.notify.0 = Some(self.emitter);
     }
 
     /// Returns `true` if work is owed for when the lock is released.
     pub(crate) fn has_deferred(&self) -> bool {
         !self.garbage.0.is_empty() || self.notify.0.is_some()
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // Before the guard is released (fields drop after this body).
+        self.hint
+            .store(self.guard.best_priority(), Ordering::SeqCst);
     }
 }
 
@@ -124,16 +179,30 @@ impl DerefMut for Locked<'_> {
 
 /// What all clones of a manager and its workers share.
 pub(crate) struct Shared {
-    /// The scheduler state: the one lock.
+    /// The scheduler state: graph, locked ready queue, workers.
     state: Mutex<State>,
-    /// Tasks without upstream submitted without the lock (module docs).
-    inbox: SegQueue<NewTask>,
-    /// Mirror of `State::idle.len()`, for the fast path (race 1).
+    /// Ready fast tasks of priority 0, in id order (module docs).
+    fifo: SegQueue<Arc<TaskCell>>,
+    /// Changes waiting for the scheduler lock (module docs).
+    inbox: SegQueue<Pending>,
+    /// Fast tasks by id.
+    registry: Mutex<Registry>,
+    /// Subscriptions and notifier: the emit lock.
+    emitter: Mutex<Emitter>,
+    /// Groups in use.
+    groups: GroupTable,
+    /// Best priority in the locked ready queue, or `NOTHING_LOCKED`.
+    hint: AtomicI64,
+    /// Mirror of `State::idle.len()` (race 1).
     idle_workers: AtomicUsize,
     /// Mirror of "fewer workers than `max_threads`".
     can_spawn: AtomicBool,
-    /// Mirror of `mode == Processing` (race 2).
+    /// Mirror of `mode == Processing`.
     processing: AtomicBool,
+    /// Workers picking or running a task, and tasks handed to idle workers (race 2).
+    busy: AtomicUsize,
+    /// Threads in `wait_idle` (race 2).
+    idle_waiters: AtomicUsize,
     /// Set by shut-down; subscriptions check it before delivering.
     pub(crate) closed: Arc<AtomicBool>,
     /// Next task sequence number.
@@ -151,23 +220,25 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Takes the scheduler lock and moves the inbox into the graph.
+    /// Takes the scheduler lock and applies the inbox, so that every
+    /// decision made under the lock sees every task added before it.
     pub(crate) fn lock(&self) -> Locked<'_> {
-        let mut locked = Locked {
+        let mut st = Locked {
             guard: self.state.lock(),
+            hint: &self.hint,
             garbage: Garbage::default(),
-            notify: DeferredNotify::default(),
+            notify: Notify(None),
+            emitter: &self.emitter,
         };
-        self.drain_inbox(&mut locked);
-        locked
+        self.drain_inbox(&mut st);
+        st
     }
 
-    /// Moves every task of the inbox into the graph, in submission order.
-    fn drain_inbox(&self, st: &mut Locked<'_>) {
-        while let Some(task) = self.inbox.pop() {
-            if let Some(job) = st.insert_from_inbox(task) {
-                st.discard([job]);
-            }
+    /// The other locks a graph transition needs.
+    pub(crate) fn env(&self) -> Env<'_> {
+        Env {
+            emitter: &self.emitter,
+            registry: &self.registry,
         }
     }
 
@@ -184,48 +255,17 @@ impl Shared {
         job: Job,
         priority: i32,
         group: Option<Group>,
-        after: Vec<TaskId>,
+        after: SmallVec<[TaskId; 2]>,
         kwargs: Kwargs,
     ) -> Result<TaskId, Error> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
         if after.is_empty() {
-            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            let cell = Arc::new(TaskCell::new(seq));
-            let task = NewTask {
-                cell,
-                job,
-                priority,
-                group,
-                kwargs,
-                upstream: Vec::new(),
-            };
-            if self.wants_dispatch() {
-                let mut st = self.lock();
-                if let Some(job) = st.insert_from_inbox(task) {
-                    st.discard([job]);
-                }
-                self.dispatch(&mut st);
-            } else {
-                self.inbox.push(task);
-                fence(Ordering::SeqCst); // races 1 and 2
-                if self.wants_dispatch() {
-                    let mut st = self.lock();
-                    self.dispatch(&mut st);
-                }
-            }
-            return Ok(TaskId {
-                seq,
-                manager: self.manager_id,
-            });
+            return Ok(self.submit_fast(job, priority, group, kwargs));
         }
-        let mut st = self.lock();
-        if st.mode == Mode::ShutDown {
-            return Err(Error::ShutDown);
-        }
-        let issued = self.next_seq.load(Ordering::Relaxed);
-        let mut upstream = Vec::with_capacity(after.len());
+        let issued = self.next_seq.load(Ordering::Acquire);
+        let mut upstream = Ids::new();
         for id in after {
             if id.manager != self.manager_id || id.seq >= issued {
                 return Err(Error::UnknownTask { id });
@@ -234,44 +274,122 @@ impl Shared {
         }
         upstream.sort_unstable();
         upstream.dedup();
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let cell = Arc::new(TaskCell::new(seq));
-        let failed = st.insert(NewTask {
+        let group = group.map(|g| self.groups.join(g));
+        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        let cell = Arc::new(TaskCell::new(seq, priority, group, job, None, true));
+        GroupTable::add_member(&cell);
+        self.inbox.push(Pending::Graph {
             cell,
-            job,
-            priority,
-            group,
             kwargs,
             upstream,
         });
-        st.discard(failed);
-        self.dispatch(&mut st);
+        self.after_inbox_push();
         Ok(TaskId {
             seq,
             manager: self.manager_id,
         })
     }
 
+    /// After a push to the inbox: takes the lock (which drains the inbox)
+    /// if the change may start a task at once (race 1).
+    fn after_inbox_push(self: &Arc<Self>) {
+        fence(Ordering::SeqCst); // race 1
+        if self.wants_dispatch() {
+            let mut st = self.lock();
+            self.dispatch(&mut st);
+        }
+    }
+
+    /// Applies the inbox's changes, in order (lock held).
+    fn drain_inbox(&self, st: &mut Locked<'_>) {
+        while let Some(pending) = self.inbox.pop() {
+            match pending {
+                Pending::Graph {
+                    cell,
+                    kwargs,
+                    upstream,
+                } => {
+                    if st.mode == Mode::ShutDown {
+                        // Raced with shut-down: stopped before it ran.
+                        let _ = cell.stop();
+                        st.discard(cell.take_job());
+                        continue;
+                    }
+                    let failed = st.insert(&self.env(), cell, kwargs, upstream);
+                    if !failed.is_empty() {
+                        st.emitted();
+                    }
+                    st.discard(failed);
+                }
+                Pending::Ready(cell) => {
+                    if st.mode != Mode::ShutDown && !cell.is_stopped() {
+                        st.push_ready(cell);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a task without upstream (module docs).
+    fn submit_fast(
+        self: &Arc<Self>,
+        job: Job,
+        priority: i32,
+        group: Option<Group>,
+        kwargs: Kwargs,
+    ) -> TaskId {
+        let group = group.map(|g| self.groups.join(g));
+        let input = (!kwargs.is_empty()).then(|| {
+            Box::new(Input {
+                kwargs,
+                upstream: SmallVec::new(),
+            })
+        });
+        let cell = {
+            let mut registry = self.registry.lock();
+            let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+            let cell = Arc::new(TaskCell::new(seq, priority, group, job, input, false));
+            registry.push(Arc::clone(&cell));
+            if priority == 0 {
+                self.fifo.push(Arc::clone(&cell));
+            }
+            cell
+        };
+        GroupTable::add_member(&cell);
+        let id = TaskId {
+            seq: cell.seq,
+            manager: self.manager_id,
+        };
+        if priority != 0 {
+            self.inbox.push(Pending::Ready(cell));
+        }
+        self.after_inbox_push();
+        id
+    }
+
     /// Hands ready tasks to idle workers, starting workers as needed, while
     /// processing is on. A worker is woken only with a task in hand.
     pub(crate) fn dispatch(self: &Arc<Self>, st: &mut Locked<'_>) {
         if st.mode == Mode::Processing {
-            while st.queued > 0 {
+            while !st.idle.is_empty() || st.workers.len() < self.max_threads {
+                let Some(cell) = st.pop_ready(&self.fifo) else {
+                    break;
+                };
+                self.busy.fetch_add(1, Ordering::SeqCst);
                 let w = match st.idle.pop() {
                     Some(w) => w,
-                    None if st.workers.len() < self.max_threads => match self.spawn_worker(st) {
+                    None => match self.spawn_worker(st) {
                         Some(w) => w,
-                        None => break,
+                        None => {
+                            self.busy_done();
+                            st.unclaim(cell);
+                            break;
+                        }
                     },
-                    None => break,
-                };
-                let Some(task) = st.pop_ready() else {
-                    st.idle.push(w);
-                    break;
                 };
                 let slot = &mut st.workers[w];
                 slot.idle = false;
-                slot.assigned = Some(task);
+                slot.assigned = Some(cell);
                 slot.signal.notify_one();
             }
         }
@@ -302,7 +420,8 @@ impl Shared {
         }
     }
 
-    /// Marks worker `w` idle, then gives it work if any arrived meanwhile.
+    /// Marks worker `w` idle, then gives it work if any arrived meanwhile
+    /// (race 1).
     pub(crate) fn go_idle(self: &Arc<Self>, st: &mut Locked<'_>, w: usize) {
         st.workers[w].idle = true;
         st.idle.push(w);
@@ -310,14 +429,154 @@ impl Shared {
         fence(Ordering::SeqCst); // race 1
         self.drain_inbox(st);
         self.dispatch(st);
-        self.wake_idle_waiters(st);
+        self.registry.lock().trim();
     }
 
-    /// Wakes `wait_idle` callers if the manager is idle.
-    pub(crate) fn wake_idle_waiters(&self, st: &Locked<'_>) {
-        if st.idle_waiters > 0 && st.is_idle() {
+    /// Returns `true` if no task is running and none can start.
+    fn is_idle(&self, st: &State) -> bool {
+        self.busy.load(Ordering::SeqCst) == 0
+            && (st.mode != Mode::Processing
+                || (self.fifo.is_empty() && st.queued == 0 && self.inbox.is_empty()))
+    }
+
+    /// Takes the next task for a worker that just finished one, without
+    /// the lock when it can (module docs). Returns a claimed cell.
+    pub(crate) fn next_task(self: &Arc<Self>) -> Option<Arc<TaskCell>> {
+        if !self.processing.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        let picked = self.pick();
+        if picked.is_none() {
+            self.busy_done();
+        }
+        picked
+    }
+
+    /// The pick of `next_task`.
+    fn pick(self: &Arc<Self>) -> Option<Arc<TaskCell>> {
+        loop {
+            let hint = self.hint.load(Ordering::SeqCst);
+            if hint < 0 && self.inbox.is_empty() {
+                if let Some(cell) = self.fifo.pop() {
+                    if !self.processing.load(Ordering::SeqCst) {
+                        // Paused meanwhile: keep its place, by id, in the locked queue.
+                        let mut st = self.lock();
+                        if !cell.is_stopped() && st.mode != Mode::ShutDown {
+                            st.push_ready(cell);
+                        }
+                        return None;
+                    }
+                    if cell.claim() {
+                        return Some(cell);
+                    }
+                    continue; // stopped while queued
+                }
+                if hint == NOTHING_LOCKED && self.inbox.is_empty() {
+                    return None;
+                }
+            }
+            let mut st = self.lock();
+            if st.mode != Mode::Processing {
+                return None;
+            }
+            let picked = st.pop_ready(&self.fifo);
+            self.dispatch(&mut st);
+            return picked;
+        }
+    }
+
+    /// Records that a worker stopped picking or running; wakes `wait_idle`
+    /// callers if that made the manager idle (race 2).
+    pub(crate) fn busy_done(&self) {
+        if self.busy.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.idle_waiters.load(Ordering::SeqCst) > 0
+        {
+            let _st = self.state.lock();
             self.idle_cv.notify_all();
         }
+    }
+
+    /// Wakes `wait_idle` callers if the manager is idle (lock held).
+    fn wake_idle_waiters(&self, st: &State) {
+        if self.idle_waiters.load(Ordering::SeqCst) > 0 && self.is_idle(st) {
+            self.idle_cv.notify_all();
+        }
+    }
+
+    /// Runs a claimed task and ends it. Returns the worker's next task if
+    /// ending it under the scheduler lock picked one.
+    pub(crate) fn run_task(self: &Arc<Self>, cell: Arc<TaskCell>) -> Option<Arc<TaskCell>> {
+        let mut next = None;
+        if let Some((job, input)) = cell.take_work() {
+            let id = TaskId {
+                seq: cell.seq,
+                manager: self.manager_id,
+            };
+            let ctx = TaskContext::new(id, Arc::clone(&cell), input);
+            let outcome = match job(&ctx) {
+                Ok(result) => Outcome::Completed(result),
+                Err(failure) => Outcome::Failed(Arc::new(failure)),
+            };
+            drop(ctx);
+            next = self.end_task(&cell, outcome);
+        }
+        self.busy_done();
+        next
+    }
+
+    /// Ends a task that ran: with atomics and the emit lock for a fast
+    /// task, under the scheduler lock for one with a graph node. In the
+    /// latter case the worker also takes its next task in the same critical
+    /// section (counted in `busy`), so a released downstream task runs on
+    /// the worker that released it instead of waking another.
+    fn end_task(self: &Arc<Self>, cell: &Arc<TaskCell>, outcome: Outcome) -> Option<Arc<TaskCell>> {
+        if !cell.is_promoted() {
+            let mut em = self.emitter.lock();
+            let n = em.fan_out();
+            if n > 0 {
+                // Before FINISHED is visible: a task added after this one
+                // reads it (cell invariant 1, `State::insert`).
+                cell.keep_outcome(outcome.clone());
+            }
+            match cell.end_fast(n) {
+                FastEnd::Finished => {
+                    em.terminal(terminal_event(cell, &outcome, self.manager_id), cell);
+                    if let Some(g) = &cell.group {
+                        if g.end_member() {
+                            em.group_finished(g.key.clone(), cell);
+                        }
+                    }
+                    let notifier = em.take_notify();
+                    drop(em);
+                    if let Some(n) = notifier {
+                        unwind::contain(|| n());
+                    }
+                    return None;
+                }
+                FastEnd::Stopped => {
+                    drop(em);
+                    cell.clear_outcome();
+                    return None;
+                }
+                // Became an upstream while running: end it in the graph.
+                FastEnd::Promoted => {}
+            }
+        }
+        let mut st = self.lock();
+        let jobs = st.finish(&self.env(), cell, outcome);
+        st.discard(jobs);
+        st.emitted();
+        let next = if st.mode == Mode::Processing {
+            st.pop_ready(&self.fifo)
+        } else {
+            None
+        };
+        if next.is_some() {
+            self.busy.fetch_add(1, Ordering::SeqCst);
+        }
+        self.dispatch(&mut st);
+        next
     }
 
     /// Shuts down; joins workers if `join` (skipping the calling thread if
@@ -327,8 +586,12 @@ impl Shared {
             let mut st = self.lock();
             self.processing.store(false, Ordering::SeqCst);
             self.closed.store(true, Ordering::SeqCst);
-            let jobs = st.shut_down();
+            let jobs = st.shut_down(&self.env());
             st.discard(jobs);
+            self.registry.lock().clear();
+            self.groups.clear();
+            self.emitter.lock().clear();
+            while self.fifo.pop().is_some() {}
             for slot in &st.workers {
                 slot.signal.notify_one();
             }
@@ -419,7 +682,14 @@ impl TaskManager {
         let manager_id = NEXT_MANAGER.fetch_add(1, Ordering::Relaxed);
         let shared = Shared {
             state: Mutex::new(State::new(mode, manager_id)),
+            fifo: SegQueue::new(),
             inbox: SegQueue::new(),
+            registry: Mutex::new(Registry::default()),
+            emitter: Mutex::new(Emitter::default()),
+            groups: GroupTable::default(),
+            hint: AtomicI64::new(NOTHING_LOCKED),
+            busy: AtomicUsize::new(0),
+            idle_waiters: AtomicUsize::new(0),
             idle_workers: AtomicUsize::new(0),
             can_spawn: AtomicBool::new(true),
             processing: AtomicBool::new(b.start_processing),
@@ -578,7 +848,11 @@ impl TaskManager {
         if id.manager != shared.manager_id {
             return 0;
         }
-        self.stop_with(|_| vec![id.seq], stop_upstream, stop_downstream)
+        self.stop_with(
+            |st, env| st.find(env, id.seq).into_iter().collect(),
+            stop_upstream,
+            stop_downstream,
+        )
     }
 
     /// Stops every live task of `group`, with the same flags and guarantees
@@ -590,21 +864,29 @@ impl TaskManager {
         stop_upstream: bool,
         stop_downstream: bool,
     ) -> usize {
-        self.stop_with(|st| st.group_members(group), stop_upstream, stop_downstream)
+        let Some(state) = self.shared().groups.get(group) else {
+            return 0;
+        };
+        self.stop_with(|_, _| state.live_members(), stop_upstream, stop_downstream)
     }
 
     /// Stops every live task, with the guarantees of
     /// [`stop_task`](Self::stop_task). Returns how many tasks were stopped.
     /// The manager stays usable.
     pub fn stop_all_tasks(&self) -> usize {
-        self.stop_with(State::all_live, false, false)
+        self.stop_with(|st, env| st.all_live(env), false, false)
     }
 
     /// Runs a stop on the seeds chosen by `seeds` under the lock.
-    fn stop_with(&self, seeds: impl FnOnce(&State) -> Vec<u64>, up: bool, down: bool) -> usize {
+    fn stop_with(
+        &self,
+        seeds: impl FnOnce(&State, &Env<'_>) -> Vec<Arc<TaskCell>>,
+        up: bool,
+        down: bool,
+    ) -> usize {
         let shared = self.shared();
         let mut st = shared.lock();
-        let seeds = seeds(&st);
+        let seeds = seeds(&st, &shared.env());
         if seeds.is_empty() {
             return 0;
         }
@@ -626,8 +908,12 @@ impl TaskManager {
         let shared = self.shared();
         let deadline = Instant::now().checked_add(timeout);
         let mut st = shared.lock();
-        while !st.is_idle() {
-            st.idle_waiters += 1;
+        loop {
+            shared.idle_waiters.fetch_add(1, Ordering::SeqCst); // race 2
+            if shared.is_idle(&st) {
+                shared.idle_waiters.fetch_sub(1, Ordering::SeqCst);
+                return true;
+            }
             let timed_out = match deadline {
                 Some(d) => shared.idle_cv.wait_until(&mut st.guard, d).timed_out(),
                 None => {
@@ -635,12 +921,11 @@ impl TaskManager {
                     false
                 }
             };
-            st.idle_waiters -= 1;
+            shared.idle_waiters.fetch_sub(1, Ordering::SeqCst);
             if timed_out {
-                return st.is_idle();
+                return shared.is_idle(&st);
             }
         }
-        true
     }
 
     /// Shuts the manager down: stops every task (queued and blocked tasks
@@ -677,9 +962,9 @@ impl TaskManager {
     pub fn subscribe(&self) -> Subscription {
         let shared = self.shared();
         let (sender, subscription) = subscription::pair(Arc::clone(&shared.closed));
-        let mut st = shared.lock();
+        let st = shared.lock();
         if st.mode != Mode::ShutDown {
-            st.subscribe(sender);
+            shared.emitter.lock().subscribe(sender);
         }
         subscription
     }
@@ -715,7 +1000,7 @@ impl TaskManager {
     where
         F: Fn() + Send + Sync + 'static,
     {
-        self.shared().lock().notifier = Some(Arc::new(notifier));
+        self.shared().emitter.lock().notifier = Some(Arc::new(notifier));
     }
 }
 

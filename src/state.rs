@@ -1,44 +1,48 @@
-//! `State`: everything the scheduler lock guards, and its transitions.
+//! `State`: what the scheduler lock guards (the task graph, the locked
+//! ready queue, the workers), and the graph's transitions.
 //!
-//! The task graph (nodes with upstream counts and downstream edges), the
-//! ready queue, group counts, subscribers and the worker bookkeeping. No
-//! user code runs in here: jobs are handed out to be run unlocked, and jobs
-//! of stopped tasks are handed back to be dropped unlocked (their captures'
-//! `Drop` is user code).
+//! Tasks without upstream normally never come here: they go from the
+//! submitter through the lock-free FIFO (or, with another priority than 0,
+//! the locked ready queue) to a worker, and end with atomics on their cell
+//! (see `cell.rs`). A task gets a graph *node* when it has upstream tasks
+//! (at once) or when a task is added after it while it is live
+//! (*promotion*); from then on its end goes through this lock.
 //!
 //! # Invariants
 //!
-//! 1. `nodes` holds every task that is live to the owner: blocked, queued,
-//!    running and not stopped, or finished with its terminal event still
-//!    pending in some queue (`Phase::Finished`). A stopped task leaves
-//!    `nodes` in the stop call.
-//! 2. A `Blocked` node's `waiting_on` is the number of its upstream tasks in
-//!    phase `Blocked`, `Queued` or `Running`. It reaches 0 exactly when the
-//!    node moves to `Queued` and its id is pushed into `ready`.
-//! 3. `queued` is the number of nodes in phase `Queued`. Every such node has
-//!    exactly one entry in `ready`; other entries there are stale.
-//! 4. `running` counts tasks handed to a worker and not yet finished by it,
-//!    including stopped ones still running (their worker is busy).
-//! 5. A group's `live` is the number of its member nodes in phases
-//!    `Blocked`, `Queued` or `Running`. `GroupFinished` is emitted only when
-//!    a completion or failure brings it to 0.
-//! 6. Events are queued only here, under the lock, so every subscriber sees
-//!    the same order; an upstream's `Completed` is queued before its
-//!    downstream can be picked (same critical section as the release).
+//! 1. `nodes` holds every promoted task not yet ended, and every task with
+//!    a node that ended by finishing while its event is pending (so stops
+//!    can cascade through it). A stopped task leaves `nodes` in the stop
+//!    call. Finished ones leave once delivered (`reap`).
+//! 2. A node's `waiting_on` is the number of its upstream tasks that have
+//!    not ended. The node is *blocked* while it is positive; it reaches 0
+//!    exactly when the node's input is moved into its cell and the cell is
+//!    pushed into the ready queue.
+//! 3. `queued` is the number of cells with `IN_READY` set; each has exactly
+//!    one entry in `ready`. Other entries there are stale and skipped.
+//! 4. Events of graph tasks are queued under this lock and the emit lock
+//!    together: an upstream's `Completed` is queued before its downstream
+//!    tasks are released, in the same critical section.
+//!
+//! Lock order: scheduler → registry, scheduler → emitter,
+//! scheduler → group table. No user code runs under any of them: jobs of
+//! tasks that will never run are returned to be dropped after unlocking.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::mem;
 
-use crate::cell::TaskCell;
+use crossbeam_queue::SegQueue;
+use smallvec::SmallVec;
+
+use crate::cell::{Ended, Input, Outcome, Payload, StopFound, TaskCell};
 use crate::event::Event;
-use crate::id::{Group, TaskId};
+use crate::id::TaskId;
 use crate::kwargs::Kwargs;
-use crate::ready::ReadyQueue;
-use crate::result::TaskResult;
-use crate::subscription::{Envelope, Subscriber};
-use crate::sync::{Arc, Condvar};
-use crate::task::{Job, NewTask, Notifier, Ready};
+use crate::registry::Registry;
+use crate::subscription::Emitter;
+use crate::sync::{Arc, Condvar, Mutex};
+use crate::task::Job;
 use crate::unwind::Failure;
 
 /// Hashes task sequence numbers: they are unique and dense, so one
@@ -60,102 +64,37 @@ impl Hasher for SeqHasher {
     }
 }
 
+/// Sequence numbers of a node's neighbours: most have one or two.
+pub(crate) type Ids = SmallVec<[u64; 2]>;
+
 /// Map from task sequence number to node.
 type NodeMap = HashMap<u64, Node, BuildHasherDefault<SeqHasher>>;
 
-/// Where a task is in its life. See invariant 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Waiting for `waiting_on` upstream tasks to finish.
-    Blocked,
-    /// In the ready queue; may start as soon as a worker takes it.
-    Queued,
-    /// Handed to a worker.
-    Running,
-    /// Completed or failed; its event still waits in some queue.
-    Finished,
-}
-
-/// The scheduler's record of one task.
-pub(crate) struct Node {
-    /// State shared with the task body and the event queues.
+/// The graph's record of a task with edges.
+struct Node {
+    /// The task.
     cell: Arc<TaskCell>,
-    /// The work, then its outcome.
-    work: Work,
-    /// Higher runs first.
-    priority: i32,
-    /// See [`Phase`].
-    phase: Phase,
-    /// Live upstream tasks (invariant 2).
+    /// Upstream tasks not yet ended (invariant 2).
     waiting_on: u32,
-    /// The task's group, if any.
-    group: Option<Group>,
-    /// Edges, kwargs and upstream results; boxed because most tasks have none.
-    links: Option<Box<Links>>,
-}
-
-/// What a node holds of its work.
-enum Work {
-    /// Not started yet.
-    Pending(Job),
-    /// Handed to a worker (or dropped).
-    Taken,
-    /// Completed; kept while the event is pending, so that a task added
-    /// after it in the meantime still receives its result.
-    Completed(TaskResult),
-    /// Failed; kept while the event is pending, so that a task added after
-    /// it in the meantime fails with it.
-    Failed(Arc<Failure>),
-}
-
-impl Work {
-    /// Takes the job out, if the task has not started.
-    fn take_job(&mut self) -> Option<Job> {
-        match mem::replace(self, Work::Taken) {
-            Work::Pending(job) => Some(job),
-            other => {
-                *self = other;
-                None
-            }
-        }
-    }
-}
-
-/// The rarely used part of a node.
-#[derive(Default)]
-struct Links {
     /// Upstream tasks that were live when this task was added.
-    upstream: Vec<u64>,
+    upstream: Ids,
     /// Tasks added later with this one upstream.
-    downstream: Vec<u64>,
-    /// Own kwargs, with upstream `Kwargs` results merged in as they complete.
-    kwargs: Kwargs,
-    /// Results of completed upstream tasks, for `TaskContext::upstream`.
-    results: Vec<(u64, TaskResult)>,
+    downstream: Ids,
+    /// Own kwargs and upstream results gathered while blocked.
+    input: Input,
 }
 
 impl Node {
-    /// Returns the links, creating them on first use.
-    fn links_mut(&mut self) -> &mut Links {
-        self.links.get_or_insert_with(Box::default)
+    /// A node for `cell` with no edges yet.
+    fn new(cell: Arc<TaskCell>) -> Self {
+        Node {
+            cell,
+            waiting_on: 0,
+            upstream: Ids::new(),
+            downstream: Ids::new(),
+            input: Input::default(),
+        }
     }
-
-    /// Returns `true` if the task is live to the owner (invariant 1, and the
-    /// cell's invariant 3 for finished tasks).
-    fn is_live(&self) -> bool {
-        self.phase != Phase::Finished || self.cell.has_pending()
-    }
-}
-
-/// A group's bookkeeping.
-#[derive(Debug, Default)]
-struct GroupState {
-    /// Members not yet finished (invariant 5).
-    live: usize,
-    /// Member ids; may include ids no longer in `nodes` until compacted.
-    members: Vec<u64>,
-    /// Length of `members` after the last compaction.
-    compacted_len: usize,
 }
 
 /// Whether the scheduler starts tasks.
@@ -173,49 +112,21 @@ pub(crate) enum Mode {
 pub(crate) struct WorkerSlot {
     /// Woken when a task is assigned or the manager shuts down.
     pub(crate) signal: Arc<Condvar>,
-    /// A task handed to this worker while it was idle.
-    pub(crate) assigned: Option<Ready>,
+    /// A claimed task handed to this worker while it was idle.
+    pub(crate) assigned: Option<Arc<TaskCell>>,
     /// `true` while the worker waits for an assignment (it is then in `idle`).
     pub(crate) idle: bool,
 }
 
-/// Everything the scheduler lock guards.
-pub(crate) struct State {
-    /// See [`Mode`].
-    pub(crate) mode: Mode,
-    /// The live task graph (invariant 1).
-    nodes: NodeMap,
-    /// Ready tasks (invariant 3).
-    ready: ReadyQueue,
-    /// Number of `Queued` nodes (invariant 3).
-    pub(crate) queued: usize,
-    /// Number of tasks handed to workers and not finished (invariant 4).
-    pub(crate) running: usize,
-    /// Group bookkeeping (invariant 5).
-    groups: HashMap<Group, GroupState>,
-    /// Finished tasks whose event may be pending, oldest first, to drop
-    /// their nodes once every queue delivered the event.
-    finished: VecDeque<Arc<TaskCell>>,
-    /// Open subscriptions.
-    subscribers: Vec<Subscriber>,
-    /// Called when an event lands in an empty queue.
-    pub(crate) notifier: Option<Notifier>,
-    /// Set when an event landed in an empty queue and the notifier has not
-    /// been called for it yet.
-    notify_due: bool,
-    /// Worker threads, by index.
-    pub(crate) workers: Vec<WorkerSlot>,
-    /// Indices of idle workers, most recently idle last.
-    pub(crate) idle: Vec<usize>,
-    /// Join handles of worker threads not yet joined.
-    pub(crate) handles: Vec<std::thread::JoinHandle<()>>,
-    /// Threads blocked in `wait_idle`.
-    pub(crate) idle_waiters: usize,
-    /// The manager's id, part of every `TaskId`.
-    manager: u64,
+/// The other locked structures a graph transition touches.
+pub(crate) struct Env<'a> {
+    /// Subscriptions (emit lock).
+    pub(crate) emitter: &'a Mutex<Emitter>,
+    /// Fast tasks by id (registry lock).
+    pub(crate) registry: &'a Mutex<Registry>,
 }
 
-/// What a stop call did.
+/// What a stop did.
 #[must_use = "the jobs must be dropped after the lock is released"]
 pub(crate) struct Stopped {
     /// How many tasks were stopped.
@@ -224,488 +135,365 @@ pub(crate) struct Stopped {
     pub(crate) jobs: Vec<Job>,
 }
 
+/// Everything the scheduler lock guards.
+pub(crate) struct State {
+    /// See [`Mode`].
+    pub(crate) mode: Mode,
+    /// Graph nodes (invariant 1).
+    nodes: NodeMap,
+    /// Ready tasks that do not use the FIFO (invariant 3).
+    ready: crate::ready::ReadyQueue,
+    /// Live entries in `ready` (invariant 3).
+    pub(crate) queued: usize,
+    /// Finished nodes whose event may be pending, oldest first.
+    finished: VecDeque<Arc<TaskCell>>,
+    /// Worker threads, by index.
+    pub(crate) workers: Vec<WorkerSlot>,
+    /// Indices of idle workers, most recently idle last.
+    pub(crate) idle: Vec<usize>,
+    /// Join handles of worker threads not yet joined.
+    pub(crate) handles: Vec<std::thread::JoinHandle<()>>,
+    /// The manager's id, part of every `TaskId`.
+    manager: u64,
+}
+
 impl State {
     /// Creates the state of a new manager.
     pub(crate) fn new(mode: Mode, manager: u64) -> Self {
         State {
-            manager,
             mode,
             nodes: NodeMap::default(),
-            ready: ReadyQueue::default(),
+            ready: crate::ready::ReadyQueue::default(),
             queued: 0,
-            running: 0,
-            groups: HashMap::new(),
             finished: VecDeque::new(),
-            subscribers: Vec::new(),
-            notifier: None,
-            notify_due: false,
             workers: Vec::new(),
             idle: Vec::new(),
             handles: Vec::new(),
-            idle_waiters: 0,
+            manager,
         }
     }
 
-    /// Returns `true` if no task is running and none can start.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.running == 0 && (self.mode != Mode::Processing || self.queued == 0)
+    /// Returns the highest priority in the locked ready queue, for the
+    /// workers' lock-free hint; `i64::MIN` if it is empty.
+    pub(crate) fn best_priority(&self) -> i64 {
+        self.ready.best_priority().map_or(i64::MIN, i64::from)
     }
 
-    /// Adds a task. Upstream ids must have been validated as issued by this
-    /// manager; those no longer in `nodes` are satisfied. An upstream that
-    /// finished but whose event is still pending is satisfied too: its
-    /// `Kwargs` result is merged at once, or, if it failed, the new task
-    /// fails with it (as it would have, had it been added a moment earlier).
+    /// Queues a ready cell in the locked ready queue (invariant 3).
+    pub(crate) fn push_ready(&mut self, cell: Arc<TaskCell>) {
+        cell.set_in_ready(true);
+        self.queued += 1;
+        self.ready.push(cell.priority, cell);
+    }
+
+    /// Takes the best ready task and claims it for a worker. Compares the
+    /// FIFO's head (priority 0, oldest first) with the locked queue by
+    /// pulling it in whenever the locked queue has nothing better than 0.
+    pub(crate) fn pop_ready(&mut self, fifo: &SegQueue<Arc<TaskCell>>) -> Option<Arc<TaskCell>> {
+        loop {
+            if self.ready.best_priority().is_none_or(|p| p <= 0) {
+                // The FIFO's first live entry, if any, competes by id.
+                while let Some(cell) = fifo.pop() {
+                    if !cell.is_stopped() {
+                        self.push_ready(cell);
+                        break;
+                    }
+                }
+            }
+            let cell = self.ready.pop(TaskCell::is_in_ready)?;
+            cell.set_in_ready(false);
+            self.queued -= 1;
+            // In the queue and not stopped (stops clear IN_READY under this lock).
+            if cell.claim() {
+                return Some(cell);
+            }
+        }
+    }
+
+    /// Puts back a claimed cell that no worker could take (a worker thread
+    /// failed to start).
+    pub(crate) fn unclaim(&mut self, cell: Arc<TaskCell>) {
+        cell.unclaim();
+        self.push_ready(cell);
+    }
+
+    /// Returns the cell of the live task `seq`, graph or fast.
+    pub(crate) fn find(&self, env: &Env<'_>, seq: u64) -> Option<Arc<TaskCell>> {
+        match self.nodes.get(&seq) {
+            Some(n) => Some(Arc::clone(&n.cell)),
+            None => env.registry.lock().find(seq).cloned(),
+        }
+    }
+
+    /// Every task live to the owner.
+    pub(crate) fn all_live(&self, env: &Env<'_>) -> Vec<Arc<TaskCell>> {
+        let mut all: Vec<Arc<TaskCell>> = self
+            .nodes
+            .values()
+            .filter(|n| !n.cell.is_dead())
+            .map(|n| Arc::clone(&n.cell))
+            .collect();
+        all.extend(
+            env.registry
+                .lock()
+                .live()
+                .into_iter()
+                .filter(|c| !c.is_promoted()),
+        );
+        all
+    }
+
+    /// Adds a task with upstream tasks (its cell is promoted). Upstream
+    /// sequence numbers must have been validated as issued by this manager.
+    ///
+    /// An upstream that ended is satisfied. One that finished while its
+    /// event is still pending is satisfied too, but its `Kwargs` result is
+    /// merged at once, or, if it failed, the new task fails with it (as it
+    /// would have, had it been added a moment earlier). A live fast upstream
+    /// is promoted: it gets a node, so its end comes through this lock.
     ///
     /// Returns jobs to drop unlocked (of a task failed on arrival).
     #[must_use = "the jobs must be dropped after the lock is released"]
-    pub(crate) fn insert(&mut self, task: NewTask) -> Vec<Job> {
-        let NewTask {
-            cell,
-            job,
-            priority,
-            group,
-            kwargs,
-            upstream,
-        } = task;
+    pub(crate) fn insert(
+        &mut self,
+        env: &Env<'_>,
+        cell: Arc<TaskCell>,
+        kwargs: Kwargs,
+        upstream: Ids,
+    ) -> Vec<Job> {
         let seq = cell.seq;
-        let mut node = Node {
-            cell,
-            work: Work::Pending(job),
-            priority,
-            phase: Phase::Queued,
-            waiting_on: 0,
-            group: group.clone(),
-            links: None,
-        };
-        if !kwargs.is_empty() {
-            node.links_mut().kwargs = kwargs;
-        }
-        let mut failed_upstream = None;
+        let mut node = Node::new(Arc::clone(&cell));
+        node.input.kwargs = kwargs;
+        let mut failed = None;
         for up in upstream {
-            let Some(up_node) = self.nodes.get_mut(&up) else {
-                continue;
-            };
-            up_node.links_mut().downstream.push(seq);
-            // A finished upstream still gets the edge (stop cascades follow
-            // it) but no longer holds this task back.
-            match &up_node.work {
-                _ if up_node.phase != Phase::Finished => node.waiting_on += 1,
-                Work::Completed(result) => {
-                    let result = result.clone();
-                    let links = node.links_mut();
-                    if let Some(kw) = result.downcast_ref::<Kwargs>() {
-                        links.kwargs.merge_from(kw);
+            if !self.nodes.contains_key(&up) {
+                // A fast task: promote it, or take what it left.
+                let Some(up_cell) = env.registry.lock().find(up).cloned() else {
+                    continue;
+                };
+                match up_cell.promote() {
+                    Ok(()) => {}
+                    Err(Ended::FinishedPending) => {
+                        // Keep a node so stop cascades can reach its event.
+                        self.finished.push_back(Arc::clone(&up_cell));
                     }
-                    links.results.push((up, result));
+                    Err(Ended::Stopped | Ended::Delivered) => continue,
                 }
-                Work::Failed(f) => failed_upstream = Some(Arc::clone(f)),
-                Work::Pending(_) | Work::Taken => {}
+                self.nodes.insert(up, Node::new(up_cell));
             }
-            node.links_mut().upstream.push(up);
+            let up_node = self.nodes.get_mut(&up).expect("inserted above");
+            up_node.downstream.push(seq);
+            node.upstream.push(up);
+            if !up_node.cell.is_finished() {
+                node.waiting_on += 1;
+                continue;
+            }
+            match up_node.cell.kept_outcome() {
+                Some(Outcome::Completed(result)) => absorb(&mut node.input, up, &result),
+                Some(Outcome::Failed(f)) => failed = Some(f),
+                None => {}
+            }
         }
-        if node.waiting_on > 0 {
-            node.phase = Phase::Blocked;
-        } else {
-            self.ready.push(priority, seq);
-            self.queued += 1;
+        let ready = node.waiting_on == 0 && failed.is_none();
+        if ready {
+            hand_over_input(&mut node);
         }
         self.nodes.insert(seq, node);
-        if let Some(g) = group {
-            let gs = self.groups.entry(g.clone()).or_default();
-            gs.live += 1;
-            gs.members.push(seq);
-            if gs.members.len() >= 2 * gs.compacted_len.max(16) {
-                self.compact_group(&g);
+        match failed {
+            Some(failure) => self.fail(env, seq, failure),
+            None => {
+                if ready {
+                    self.push_ready(cell);
+                }
+                Vec::new()
             }
         }
-        match failed_upstream {
-            Some(failure) => self.fail(seq, failure),
-            None => Vec::new(),
-        }
     }
 
-    /// Takes the best ready task and marks it running, if any (the caller
-    /// checks that processing is on).
-    pub(crate) fn pop_ready(&mut self) -> Option<Ready> {
-        let manager = self.manager;
-        let nodes = &self.nodes;
-        let seq = self
-            .ready
-            .pop(|seq| nodes.get(&seq).is_some_and(|n| n.phase == Phase::Queued))?;
-        let node = self
-            .nodes
-            .get_mut(&seq)
-            .expect("popped entries are live (invariant 3)");
-        node.phase = Phase::Running;
-        self.queued -= 1;
-        self.running += 1;
-        let (kwargs, upstream) = match node.links.as_deref_mut() {
-            Some(l) => (mem::take(&mut l.kwargs), mem::take(&mut l.results)),
-            None => (Kwargs::new(), Vec::new()),
-        };
-        Some(Ready {
-            id: TaskId { seq, manager },
-            cell: Arc::clone(&node.cell),
-            job: node.work.take_job().expect("a queued task has its job"),
-            group: node.group.clone(),
-            kwargs,
-            upstream,
-        })
-    }
-
-    /// Records that a worker finished task `seq` with `outcome`, emitting its
-    /// events and releasing or failing its downstream tasks.
+    /// Ends a promoted task that a worker ran, with its outcome: emits its
+    /// events, then releases or fails its downstream tasks.
     ///
     /// Returns the jobs of tasks failed by the cascade, to drop unlocked.
     #[must_use = "the jobs must be dropped after the lock is released"]
-    pub(crate) fn finish(&mut self, id: TaskId, outcome: Result<TaskResult, Failure>) -> Vec<Job> {
-        self.running -= 1;
-        let seq = id.seq;
-        match self.nodes.get(&seq) {
-            // Stopped while running: its outcome is dropped (invariant 1).
-            None => return Vec::new(),
-            Some(n) if n.phase != Phase::Running || n.cell.is_stopped() => return Vec::new(),
-            Some(_) => {}
+    pub(crate) fn finish(
+        &mut self,
+        env: &Env<'_>,
+        cell: &Arc<TaskCell>,
+        outcome: Outcome,
+    ) -> Vec<Job> {
+        let seq = cell.seq;
+        if !self.nodes.contains_key(&seq) {
+            // Stopped while running: its node left and its outcome is dropped.
+            return Vec::new();
         }
-        let jobs = match outcome {
-            Ok(result) => {
-                self.complete(id, result);
+        let jobs = match &outcome {
+            Outcome::Completed(result) => {
+                let mut em = env.emitter.lock();
+                if !end_and_emit(&mut em, cell, &outcome, self.manager) {
+                    return Vec::new();
+                }
+                drop(em);
+                self.release_downstream(seq, Some(result));
                 Vec::new()
             }
-            Err(failure) => self.fail(seq, Arc::new(failure)),
+            Outcome::Failed(failure) => self.fail(env, seq, Arc::clone(failure)),
         };
+        self.retire(seq);
         self.reap();
         jobs
     }
 
-    /// Completes `seq`: releases its downstream tasks, then emits
-    /// `Completed` and maybe `GroupFinished`.
-    fn complete(&mut self, id: TaskId, result: TaskResult) {
-        let seq = id.seq;
-        let node = self.nodes.get_mut(&seq).expect("checked by finish");
-        node.phase = Phase::Finished;
-        let downstream = node
-            .links
-            .as_deref_mut()
-            .map(|l| mem::take(&mut l.downstream));
-        if let Some(downstream) = &downstream {
-            let merged = result.downcast_ref::<Kwargs>();
-            for d in downstream {
-                let Some(dn) = self.nodes.get_mut(d) else {
-                    continue;
-                };
-                if dn.phase != Phase::Blocked {
-                    continue;
-                }
-                let links = dn.links_mut();
-                if let Some(kw) = merged {
-                    links.kwargs.merge_from(kw);
-                }
-                links.results.push((seq, result.clone()));
-                dn.waiting_on -= 1;
-                if dn.waiting_on == 0 {
-                    dn.phase = Phase::Queued;
-                    self.ready.push(dn.priority, *d);
-                    self.queued += 1;
-                }
+    /// Releases the downstream tasks of `seq`, which ended; `result` is its
+    /// result if it completed (merged into theirs) or `None` if stopped.
+    fn release_downstream(&mut self, seq: u64, result: Option<&crate::result::TaskResult>) {
+        let Some(node) = self.nodes.get_mut(&seq) else {
+            return;
+        };
+        let downstream = mem::take(&mut node.downstream);
+        for &d in &downstream {
+            let Some(dn) = self.nodes.get_mut(&d) else {
+                continue;
+            };
+            if dn.waiting_on == 0 || dn.cell.is_stopped() || dn.cell.is_finished() {
+                continue;
+            }
+            if let Some(result) = result {
+                absorb(&mut dn.input, seq, result);
+            }
+            dn.waiting_on -= 1;
+            if dn.waiting_on == 0 {
+                hand_over_input(dn);
+                let cell = Arc::clone(&dn.cell);
+                self.push_ready(cell);
             }
         }
-        let node = self.nodes.get_mut(&seq).expect("checked by finish");
-        if let (Some(links), Some(downstream)) = (node.links.as_deref_mut(), downstream) {
-            links.downstream = downstream;
+        if let Some(node) = self.nodes.get_mut(&seq) {
+            node.downstream = downstream;
         }
-        node.work = Work::Completed(result.clone());
-        let group = node.group.clone();
-        let cell = Arc::clone(&node.cell);
-        self.emit_terminal(
-            Event::Completed {
-                id,
-                group: group.clone(),
-                result,
-            },
-            &cell,
-        );
-        self.end_member(group, &cell);
-        self.retire(seq, cell);
     }
 
     /// Fails `seq` and, in order of distance then id, every live task
-    /// downstream of it, with the same message and traceback.
-    fn fail(&mut self, seq: u64, failure: Arc<Failure>) -> Vec<Job> {
-        let manager = self.manager;
+    /// downstream of it, with the same message and traceback. Events are
+    /// queued under the emit lock, each followed by the `GroupFinished` it
+    /// causes. Returns the jobs of tasks that never ran.
+    fn fail(&mut self, env: &Env<'_>, seq: u64, failure: Arc<Failure>) -> Vec<Job> {
+        let outcome = Outcome::Failed(failure);
         let mut level = vec![seq];
-        let mut seen: HashSet<u64> = HashSet::new();
-        seen.insert(seq);
+        let mut seen: HashSet<u64> = HashSet::from([seq]);
         let mut jobs = Vec::new();
+        let mut em = env.emitter.lock();
         while !level.is_empty() {
-            for &seq in &level {
-                let node = self.nodes.get_mut(&seq).expect("failing nodes are live");
-                if node.phase == Phase::Queued {
-                    // Failed on arrival; its ready entry goes stale.
-                    self.queued -= 1;
-                }
-                node.phase = Phase::Finished;
-                jobs.extend(node.work.take_job());
-                node.work = Work::Failed(Arc::clone(&failure));
-                let group = node.group.clone();
-                let cell = Arc::clone(&node.cell);
-                let event = Event::Failed {
-                    id: TaskId { seq, manager },
-                    group: group.clone(),
-                    message: failure.message.clone(),
-                    traceback: failure.traceback.clone(),
-                };
-                self.emit_terminal(event, &cell);
-                self.end_member(group, &cell);
-            }
             let mut next = Vec::new();
-            for &seq in &level {
-                let Some(links) = self.nodes.get(&seq).and_then(|n| n.links.as_deref()) else {
+            for &s in &level {
+                let node = self.nodes.get(&s).expect("failing tasks have nodes");
+                if s != seq {
+                    // Blocked downstream tasks never ran.
+                    jobs.extend(node.cell.take_job());
+                }
+                if !end_and_emit(&mut em, &node.cell, &outcome, self.manager) {
                     continue;
-                };
-                for &d in &links.downstream {
-                    let blocked = self
-                        .nodes
-                        .get(&d)
-                        .is_some_and(|n| n.phase == Phase::Blocked);
+                }
+                for &d in &node.downstream {
+                    let blocked = self.nodes.get(&d).is_some_and(|n| {
+                        n.waiting_on > 0 && !n.cell.is_finished() && !n.cell.is_stopped()
+                    });
                     if blocked && seen.insert(d) {
                         next.push(d);
                     }
                 }
             }
             next.sort_unstable();
-            for &seq in &level {
-                let cell = Arc::clone(&self.nodes[&seq].cell);
-                self.retire(seq, cell);
+            for &s in &level {
+                if s != seq {
+                    self.retire(s);
+                }
             }
             level = next;
         }
-        // Cascade-failed jobs never ran; their captures are user code and
-        // are dropped by the caller after unlocking.
         jobs
     }
 
-    /// Accounts for a group member ending by completion or failure; emits
-    /// `GroupFinished` if it was the last live one (invariant 5).
-    fn end_member(&mut self, group: Option<Group>, cell: &Arc<TaskCell>) {
-        let Some(group) = group else { return };
-        let Some(gs) = self.groups.get_mut(&group) else {
-            return;
-        };
-        gs.live -= 1;
-        if gs.live == 0 {
-            self.emit(Envelope::group_finished(
-                Event::GroupFinished {
-                    group: group.clone(),
-                },
-                Arc::clone(cell),
-            ));
-            self.compact_group(&group);
-        }
-    }
-
-    /// Drops ids of departed tasks from a group's member list, and the group
-    /// itself once it has neither live nor pending members. Amortised O(1)
-    /// per member: it runs when the list doubled since the last time, or
-    /// when the group empties.
-    fn compact_group(&mut self, group: &Group) {
-        let nodes = &self.nodes;
-        let Some(gs) = self.groups.get_mut(group) else {
-            return;
-        };
-        gs.members.retain(|m| nodes.contains_key(m));
-        gs.compacted_len = gs.members.len();
-        if gs.live == 0 && gs.members.is_empty() {
-            self.groups.remove(group);
-        }
-    }
-
-    /// After a task's terminal event: keeps its node while the event is
+    /// After a node's task finished: keeps the node while its event is
     /// pending, so that stops can still find it (invariant 1).
-    fn retire(&mut self, seq: u64, cell: Arc<TaskCell>) {
-        if cell.has_pending() {
-            self.finished.push_back(cell);
+    fn retire(&mut self, seq: u64) {
+        let Some(node) = self.nodes.get(&seq) else {
+            return;
+        };
+        if node.cell.has_pending() && !node.cell.is_stopped() {
+            self.finished.push_back(Arc::clone(&node.cell));
         } else {
             self.nodes.remove(&seq);
         }
     }
 
     /// Removes finished nodes whose events every queue has delivered.
-    fn reap(&mut self) {
+    pub(crate) fn reap(&mut self) {
         while let Some(front) = self.finished.front() {
-            if front.has_pending() && !front.is_stopped() {
+            if !front.is_dead() {
                 break;
             }
             let seq = front.seq;
             self.finished.pop_front();
-            if self
-                .nodes
-                .get(&seq)
-                .is_some_and(|n| n.phase == Phase::Finished)
-            {
+            if self.nodes.get(&seq).is_some_and(|n| n.cell.is_finished()) {
                 self.nodes.remove(&seq);
             }
         }
     }
 
-    /// Queues a terminal event of `cell`'s task in every subscription.
-    fn emit_terminal(&mut self, event: Event, cell: &Arc<TaskCell>) {
-        if self.subscribers.is_empty() {
-            return;
-        }
-        cell.add_pending(self.subscribers.len());
-        self.emit(Envelope::terminal(event, Arc::clone(cell)));
-    }
-
-    /// Queues `env` in every subscription; drops subscriptions that are gone.
-    fn emit(&mut self, env: Envelope) {
-        let n = self.subscribers.len();
-        if n == 0 {
-            return;
-        }
-        let mut gone = Vec::new();
-        let mut env = Some(env);
-        for (i, sub) in self.subscribers.iter().enumerate() {
-            let this = if i + 1 == n {
-                env.take().expect("one envelope per subscriber")
-            } else {
-                env.as_ref()
-                    .expect("one envelope per subscriber")
-                    .duplicate()
-            };
-            match sub.send(this) {
-                Ok(true) => self.notify_due = true,
-                Ok(false) => {}
-                Err(()) => gone.push(i),
-            }
-        }
-        for i in gone.into_iter().rev() {
-            self.subscribers.remove(i);
-        }
-    }
-
-    /// Adds a subscription.
-    pub(crate) fn subscribe(&mut self, sub: Subscriber) {
-        self.subscribers.push(sub);
-    }
-
-    /// Returns the notifier if an event landed in an empty queue since the
-    /// last call; the caller calls it after releasing the lock.
-    pub(crate) fn take_notify(&mut self) -> Option<Notifier> {
-        if mem::take(&mut self.notify_due) {
-            self.notifier.clone()
-        } else {
-            None
-        }
-    }
-
-    /// Returns `true` if `seq` names a task live to the owner.
-    fn is_live(&self, seq: u64) -> bool {
-        self.nodes.get(&seq).is_some_and(Node::is_live)
-    }
-
-    /// Live members of `group`.
-    pub(crate) fn group_members(&self, group: &Group) -> Vec<u64> {
-        match self.groups.get(group) {
-            Some(gs) => gs
-                .members
-                .iter()
-                .copied()
-                .filter(|&m| self.is_live(m))
-                .collect(),
-            None => Vec::new(),
-        }
-    }
-
-    /// Every live task.
-    pub(crate) fn all_live(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|(_, n)| n.is_live())
-            .map(|(&s, _)| s)
-            .collect()
-    }
-
     /// Stops `seeds` and, following upstream edges if `up` and downstream
     /// edges if `down`, every live task reachable from a stopped one.
-    pub(crate) fn stop(&mut self, seeds: Vec<u64>, up: bool, down: bool) -> Stopped {
+    pub(crate) fn stop(&mut self, seeds: Vec<Arc<TaskCell>>, up: bool, down: bool) -> Stopped {
         self.reap();
-        // Pass 1: decide the set, marking each cell stopped as it joins
-        // (after this no queue delivers its events: cell invariant 3).
+        // Pass 1: decide the set, stopping each cell as it joins (after
+        // this no queue delivers its events: cell invariant 3).
         let mut stack = seeds;
-        let mut stopped: Vec<u64> = Vec::new();
+        let mut stopped: Vec<(Arc<TaskCell>, StopFound)> = Vec::new();
         let mut seen: HashSet<u64> = HashSet::new();
-        while let Some(seq) = stack.pop() {
-            if !seen.insert(seq) {
+        while let Some(cell) = stack.pop() {
+            if !seen.insert(cell.seq) {
                 continue;
             }
-            let Some(node) = self.nodes.get(&seq) else {
-                continue;
-            };
-            let was_live = match node.phase {
-                Phase::Finished => node.cell.stop_undelivered(),
-                _ => {
-                    node.cell.mark_stopped();
-                    true
-                }
-            };
-            if !was_live {
+            let found = cell.stop();
+            if found == StopFound::NotLive {
                 continue;
             }
-            stopped.push(seq);
-            if let Some(links) = node.links.as_deref() {
+            if let Some(node) = self.nodes.get(&cell.seq) {
+                let mut push = |s: &u64| {
+                    if let Some(n) = self.nodes.get(s) {
+                        stack.push(Arc::clone(&n.cell));
+                    }
+                };
                 if up {
-                    stack.extend(links.upstream.iter().copied());
+                    node.upstream.iter().for_each(&mut push);
                 }
                 if down {
-                    stack.extend(links.downstream.iter().copied());
+                    node.downstream.iter().for_each(&mut push);
                 }
             }
+            stopped.push((cell, found));
         }
-        // Pass 2: take them out of the graph and release what they held back.
+        // Pass 2: undo what each held: its job, its queue entry, its group
+        // membership, and its hold on downstream tasks.
         let mut jobs = Vec::new();
-        let mut groups_touched = Vec::new();
-        for &seq in &stopped {
-            let mut node = self.nodes.remove(&seq).expect("pass 1 found it");
-            jobs.extend(node.work.take_job());
-            let was_scheduled = match node.phase {
-                Phase::Finished => false,
-                Phase::Queued => {
-                    self.queued -= 1;
-                    true
-                }
-                Phase::Blocked | Phase::Running => true,
-            };
-            if !was_scheduled {
-                continue;
-            }
-            if let Some(g) = node.group {
-                if let Some(gs) = self.groups.get_mut(&g) {
-                    gs.live -= 1;
-                    if gs.live == 0 || gs.members.len() >= 2 * gs.compacted_len.max(16) {
-                        groups_touched.push(g);
+        for (cell, found) in &stopped {
+            match *found {
+                StopFound::NotLive => unreachable!("filtered in pass 1"),
+                StopFound::Finished => cell.clear_outcome(),
+                StopFound::Unfinished { claimed, in_ready } => {
+                    if !claimed {
+                        jobs.extend(cell.take_job());
                     }
+                    if in_ready {
+                        self.queued -= 1;
+                    }
+                    if let Some(g) = &cell.group {
+                        // Group invariant 1: stops end members silently.
+                        g.end_member();
+                    }
+                    self.release_downstream(cell.seq, None);
                 }
             }
-            let Some(links) = node.links else { continue };
-            for d in links.downstream {
-                let Some(dn) = self.nodes.get_mut(&d) else {
-                    continue;
-                };
-                if dn.phase != Phase::Blocked {
-                    continue;
-                }
-                dn.waiting_on -= 1;
-                if dn.waiting_on == 0 {
-                    dn.phase = Phase::Queued;
-                    self.ready.push(dn.priority, d);
-                    self.queued += 1;
-                }
-            }
-        }
-        for g in groups_touched {
-            self.compact_group(&g);
+            self.nodes.remove(&cell.seq);
         }
         Stopped {
             count: stopped.len(),
@@ -713,32 +501,77 @@ impl State {
         }
     }
 
-    /// Shuts down: stops every task, closes every subscription and clears
-    /// the queue. Returns the jobs to drop unlocked.
-    pub(crate) fn shut_down(&mut self) -> Vec<Job> {
+    /// Shuts down: stops every task and forgets the graph. Returns the jobs
+    /// to drop unlocked.
+    pub(crate) fn shut_down(&mut self, env: &Env<'_>) -> Vec<Job> {
         self.mode = Mode::ShutDown;
-        let all = self.all_live();
+        let all = self.all_live(env);
         let stopped = self.stop(all, false, false);
-        // Anything left is finished and delivered, or stopped.
         self.nodes.clear();
         self.ready.clear();
-        self.groups.clear();
         self.finished.clear();
-        self.subscribers.clear();
         self.queued = 0;
         stopped.jobs
     }
+}
 
-    /// Adds a task submitted through the inbox. A task that raced with
-    /// shut-down is stopped instead; its job is returned to drop unlocked.
-    pub(crate) fn insert_from_inbox(&mut self, task: NewTask) -> Option<Job> {
-        if self.mode == Mode::ShutDown {
-            task.cell.mark_stopped();
-            return Some(task.job);
-        }
-        // Inbox tasks have no upstream, so they cannot fail on arrival.
-        let failed = self.insert(task);
-        debug_assert!(failed.is_empty());
-        None
+/// Merges an upstream result into a downstream task's input.
+fn absorb(input: &mut Input, up: u64, result: &crate::result::TaskResult) {
+    if let Some(kw) = result.downcast_ref::<Kwargs>() {
+        input.kwargs.merge_from(kw);
     }
+    input.upstream.push((up, result.clone()));
+}
+
+/// Moves a released node's gathered input into its cell, for the worker.
+fn hand_over_input(node: &mut Node) {
+    let input = mem::take(&mut node.input);
+    if input.kwargs.is_empty() && input.upstream.is_empty() {
+        return;
+    }
+    if let Payload::Pending { input: slot, .. } = &mut *node.cell.payload.lock() {
+        *slot = Some(Box::new(input));
+    }
+}
+
+/// Builds the terminal event of `cell`'s task.
+pub(crate) fn terminal_event(cell: &TaskCell, outcome: &Outcome, manager: u64) -> Event {
+    let id = TaskId {
+        seq: cell.seq,
+        manager,
+    };
+    let group = cell.group.as_ref().map(|g| g.key.clone());
+    match outcome {
+        Outcome::Completed(result) => Event::Completed {
+            id,
+            group,
+            result: result.clone(),
+        },
+        Outcome::Failed(f) => Event::Failed {
+            id,
+            group,
+            message: f.message.clone(),
+            traceback: f.traceback.clone(),
+        },
+    }
+}
+
+/// Ends a promoted task with `outcome` and queues its events; `false` if it
+/// had ended already. Called with the scheduler lock and the emit lock held.
+fn end_and_emit(em: &mut Emitter, cell: &Arc<TaskCell>, outcome: &Outcome, manager: u64) -> bool {
+    let n = em.fan_out();
+    if n > 0 {
+        cell.keep_outcome(outcome.clone());
+    }
+    if !cell.end_promoted(n) {
+        cell.clear_outcome();
+        return false;
+    }
+    em.terminal(terminal_event(cell, outcome, manager), cell);
+    if let Some(g) = &cell.group {
+        if g.end_member() {
+            em.group_finished(g.key.clone(), cell);
+        }
+    }
+    true
 }

@@ -26,7 +26,9 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError as CbTryRecvError};
 
 use crate::cell::TaskCell;
 use crate::event::Event;
+use crate::id::Group;
 use crate::sync::{Arc, AtomicBool, Ordering};
+use crate::task::Notifier;
 
 /// One queued event and the task cell that decides whether it may be delivered.
 pub(crate) struct Envelope {
@@ -40,25 +42,6 @@ pub(crate) struct Envelope {
 }
 
 impl Envelope {
-    /// Wraps a task's `Completed`/`Failed` event; the caller has counted it
-    /// with `TaskCell::add_pending`.
-    pub(crate) fn terminal(event: Event, cell: Arc<TaskCell>) -> Self {
-        Envelope {
-            event: Some(event),
-            gate: Some(cell),
-            counted: true,
-        }
-    }
-
-    /// Wraps a `GroupFinished` caused by the end of the task of `cell`.
-    pub(crate) fn group_finished(event: Event, cell: Arc<TaskCell>) -> Self {
-        Envelope {
-            event: Some(event),
-            gate: Some(cell),
-            counted: false,
-        }
-    }
-
     /// Returns a copy for another queue (the caller counted every copy).
     pub(crate) fn duplicate(&self) -> Self {
         Envelope {
@@ -116,6 +99,104 @@ impl Subscriber {
             return Err(());
         }
         Ok(self.armed.swap(false, Ordering::SeqCst))
+    }
+}
+
+/// Everything the emit lock guards: the subscriptions and the notifier.
+///
+/// Events are queued only under this lock, so every subscription sees the
+/// same order. Lock order: the scheduler lock may be held while taking this
+/// one, never the reverse.
+#[derive(Default)]
+pub(crate) struct Emitter {
+    /// Open subscriptions.
+    subscribers: Vec<Subscriber>,
+    /// Called when an event lands in an empty queue.
+    pub(crate) notifier: Option<Notifier>,
+    /// An event landed in an empty queue since the notifier was last taken.
+    notify_due: bool,
+}
+
+impl fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emitter")
+            .field("subscribers", &self.subscribers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emitter {
+    /// Returns how many queues a terminal event emitted now will enter;
+    /// the caller counts them in the cell before calling [`Self::terminal`].
+    pub(crate) fn fan_out(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// Queues a task's `Completed`/`Failed`, already counted in its cell.
+    pub(crate) fn terminal(&mut self, event: Event, cell: &Arc<TaskCell>) {
+        if !self.subscribers.is_empty() {
+            self.emit(Envelope {
+                event: Some(event),
+                gate: Some(Arc::clone(cell)),
+                counted: true,
+            });
+        }
+    }
+
+    /// Queues `GroupFinished` for `group`, caused by the end of `cell`'s task.
+    pub(crate) fn group_finished(&mut self, group: Group, cell: &Arc<TaskCell>) {
+        if !self.subscribers.is_empty() {
+            let event = Event::GroupFinished { group };
+            self.emit(Envelope {
+                event: Some(event),
+                gate: Some(Arc::clone(cell)),
+                counted: false,
+            });
+        }
+    }
+
+    /// Queues `env` in every subscription; forgets subscriptions that are gone.
+    fn emit(&mut self, env: Envelope) {
+        let n = self.subscribers.len();
+        let mut gone = Vec::new();
+        let mut env = Some(env);
+        for (i, sub) in self.subscribers.iter().enumerate() {
+            let this = if i + 1 == n {
+                env.take().expect("one envelope per subscriber")
+            } else {
+                env.as_ref()
+                    .expect("one envelope per subscriber")
+                    .duplicate()
+            };
+            match sub.send(this) {
+                Ok(true) => self.notify_due = true,
+                Ok(false) => {}
+                Err(()) => gone.push(i),
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.subscribers.remove(i);
+        }
+    }
+
+    /// Adds a subscription.
+    pub(crate) fn subscribe(&mut self, sub: Subscriber) {
+        self.subscribers.push(sub);
+    }
+
+    /// Returns the notifier if an event landed in an empty queue since the
+    /// last call; the caller calls it after releasing the lock.
+    pub(crate) fn take_notify(&mut self) -> Option<Notifier> {
+        if std::mem::take(&mut self.notify_due) {
+            self.notifier.clone()
+        } else {
+            None
+        }
+    }
+
+    /// Closes every subscription.
+    pub(crate) fn clear(&mut self) {
+        self.subscribers.clear();
     }
 }
 

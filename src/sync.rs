@@ -7,5 +7,7 @@
 //! task, and we need no recovery path.
 
 pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard};
-pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-pub(crate) use std::sync::Arc;
+pub(crate) use std::sync::atomic::{
+    fence, AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering,
+};
+pub(crate) use std::sync::{Arc, Weak};

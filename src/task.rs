@@ -5,7 +5,9 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::panic::Location;
 
-use crate::cell::TaskCell;
+use smallvec::SmallVec;
+
+use crate::cell::{Input, TaskCell};
 use crate::error::Error;
 use crate::handle::TaskHandle;
 use crate::id::{Group, TaskId};
@@ -20,67 +22,6 @@ pub(crate) type Job = Box<dyn FnOnce(&TaskContext) -> Result<TaskResult, Failure
 
 /// The event-loop wake-up callback set with `TaskManager::set_notifier`.
 pub(crate) type Notifier = Arc<dyn Fn() + Send + Sync>;
-
-/// A task on its way into the scheduler.
-pub(crate) struct NewTask {
-    /// Its shared cell (holds its sequence number).
-    pub(crate) cell: Arc<TaskCell>,
-    /// The work.
-    pub(crate) job: Job,
-    /// Higher runs first.
-    pub(crate) priority: i32,
-    /// Its group, if any.
-    pub(crate) group: Option<Group>,
-    /// Its own kwargs.
-    pub(crate) kwargs: Kwargs,
-    /// Sequence numbers of its upstream tasks, validated as issued by this manager.
-    pub(crate) upstream: Vec<u64>,
-}
-
-/// A task handed to a worker: everything it needs to run unlocked.
-pub(crate) struct Ready {
-    /// Its id.
-    pub(crate) id: TaskId,
-    /// Its shared cell.
-    pub(crate) cell: Arc<TaskCell>,
-    /// The work.
-    pub(crate) job: Job,
-    /// Its group.
-    pub(crate) group: Option<Group>,
-    /// Own kwargs merged with upstream `Kwargs` results.
-    pub(crate) kwargs: Kwargs,
-    /// Results of completed upstream tasks.
-    pub(crate) upstream: Vec<(u64, TaskResult)>,
-}
-
-impl Ready {
-    /// Runs the task unless it was stopped since it was handed out.
-    /// Returns `None` if it did not run.
-    pub(crate) fn run(self) -> Option<(TaskId, Result<TaskResult, Failure>)> {
-        let Ready {
-            id,
-            cell,
-            job,
-            group,
-            kwargs,
-            upstream,
-        } = self;
-        if cell.is_stopped() {
-            // Stopped between hand-out and start: a stopped task never starts.
-            drop(job);
-            return None;
-        }
-        let ctx = TaskContext {
-            id,
-            cell,
-            group,
-            kwargs,
-            upstream,
-        };
-        let outcome = job(&ctx);
-        Some((id, outcome))
-    }
-}
 
 /// What a running task can see about itself.
 ///
@@ -113,17 +54,27 @@ impl Ready {
 pub struct TaskContext {
     /// The task's id.
     id: TaskId,
-    /// Shared with the scheduler: tells whether the task was stopped.
+    /// Shared with the scheduler: tells whether the task was stopped, and
+    /// holds its group.
     cell: Arc<TaskCell>,
-    /// The task's group.
-    group: Option<Group>,
     /// Own kwargs merged with upstream `Kwargs` results.
     kwargs: Kwargs,
     /// Results of completed upstream tasks, by upstream sequence number.
-    upstream: Vec<(u64, TaskResult)>,
+    upstream: SmallVec<[(u64, TaskResult); 1]>,
 }
 
 impl TaskContext {
+    /// Creates the context of a task about to run.
+    pub(crate) fn new(id: TaskId, cell: Arc<TaskCell>, input: Option<Box<Input>>) -> Self {
+        let Input { kwargs, upstream } = input.map(|b| *b).unwrap_or_default();
+        TaskContext {
+            id,
+            cell,
+            kwargs,
+            upstream,
+        }
+    }
+
     /// Returns the task's id.
     pub fn id(&self) -> TaskId {
         self.id
@@ -131,7 +82,7 @@ impl TaskContext {
 
     /// Returns the task's group, if it has one.
     pub fn group(&self) -> Option<&Group> {
-        self.group.as_ref()
+        self.cell.group.as_ref().map(|g| &g.key)
     }
 
     /// Returns the task's kwargs: its own, with the entries of every
@@ -196,14 +147,13 @@ impl fmt::Debug for TaskContext {
         let TaskContext {
             id,
             cell,
-            group,
             kwargs,
             upstream,
         } = self;
         f.debug_struct("TaskContext")
             .field("id", id)
             .field("stopped", &cell.is_stopped())
-            .field("group", group)
+            .field("group", &self.group())
             .field("kwargs", kwargs)
             .field("upstream_results", &upstream.len())
             .finish()
@@ -244,7 +194,7 @@ pub struct TaskBuilder<'a> {
     /// The task's group.
     group: Option<Group>,
     /// Upstream task ids.
-    after: Vec<TaskId>,
+    after: SmallVec<[TaskId; 2]>,
     /// Own kwargs.
     kwargs: Kwargs,
 }
@@ -274,7 +224,7 @@ impl<'a> TaskBuilder<'a> {
             manager,
             priority: 0,
             group: None,
-            after: Vec::new(),
+            after: SmallVec::new(),
             kwargs: Kwargs::new(),
         }
     }

@@ -1,10 +1,10 @@
 //! The worker thread loop.
 //!
-//! A worker takes a task under the lock, runs it unlocked, and takes the
-//! lock once more to record the outcome and pick its next task in the same
-//! critical section. A worker with nothing to do is *idle*: it waits on its
-//! own condvar and runs only what the dispatcher assigns to it, so a task
-//! is never picked by two workers and a worker is woken only to run a task.
+//! A worker runs a task, ends it, and takes its next task without the
+//! scheduler lock when it can (`Shared::next_task`). A worker with nothing
+//! to do is *idle*: it waits on its own condvar and runs only what the
+//! dispatcher assigns to it (already claimed), so a task is never run by
+//! two workers and a worker is woken only to run a task or to exit.
 
 use crate::manager::Shared;
 use crate::state::Mode;
@@ -12,15 +12,23 @@ use crate::sync::Arc;
 
 /// Body of worker thread `w` of `shared`.
 pub(crate) fn run(shared: Arc<Shared>, w: usize) {
-    let mut next = None;
-    let mut st = shared.lock();
+    let mut task = None;
     loop {
-        let task = next.take().or_else(|| st.workers[w].assigned.take());
-        let Some(task) = task else {
+        if let Some(cell) = task.take() {
+            task = shared.run_task(cell).or_else(|| shared.next_task());
+            continue;
+        }
+        let mut st = shared.lock();
+        loop {
+            if let Some(cell) = st.workers[w].assigned.take() {
+                task = Some(cell);
+                break;
+            }
             if st.mode == Mode::ShutDown {
                 return;
             }
             if !st.workers[w].idle {
+                // Publishes idleness, then takes any work that arrived.
                 shared.go_idle(&mut st, w);
                 continue;
             }
@@ -33,24 +41,6 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
             let signal = Arc::clone(&st.workers[w].signal);
             // Spurious wake-ups just come around the loop again.
             signal.wait(&mut st.guard);
-            continue;
-        };
-        drop(st);
-        let outcome = task.run();
-        st = shared.lock();
-        match outcome {
-            Some((id, outcome)) => {
-                let jobs = st.finish(id, outcome);
-                st.discard(jobs);
-            }
-            // Stopped before it started.
-            None => st.running -= 1,
         }
-        if st.mode == Mode::Processing {
-            next = st.pop_ready();
-        }
-        shared.dispatch(&mut st);
-        shared.wake_idle_waiters(&st);
-        st.collect_notify();
     }
 }
