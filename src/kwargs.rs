@@ -37,8 +37,10 @@ pub struct Kwargs {
 
 impl Kwargs {
     /// Returns an empty map.
-    pub fn new() -> Self {
-        Kwargs::default()
+    pub const fn new() -> Self {
+        Kwargs {
+            map: BTreeMap::new(),
+        }
     }
 
     /// Inserts `value` under `key`, replacing any previous value, and returns

@@ -57,22 +57,15 @@ pub struct TaskContext {
     /// Shared with the scheduler: tells whether the task was stopped, and
     /// holds its group.
     cell: Arc<TaskCell>,
-    /// Own kwargs merged with upstream `Kwargs` results.
-    kwargs: Kwargs,
-    /// Results of completed upstream tasks, by upstream sequence number.
-    upstream: SmallVec<[(u64, TaskResult); 1]>,
+    /// Own kwargs merged with upstream `Kwargs` results, and upstream
+    /// results; `None` for the many tasks that have neither.
+    input: Option<Box<Input>>,
 }
 
 impl TaskContext {
     /// Creates the context of a task about to run.
     pub(crate) fn new(id: TaskId, cell: Arc<TaskCell>, input: Option<Box<Input>>) -> Self {
-        let Input { kwargs, upstream } = input.map(|b| *b).unwrap_or_default();
-        TaskContext {
-            id,
-            cell,
-            kwargs,
-            upstream,
-        }
+        TaskContext { id, cell, input }
     }
 
     /// Returns the task's id.
@@ -90,7 +83,9 @@ impl TaskContext {
     /// upstream's value wins on a clash, a later-completing upstream over an
     /// earlier one).
     pub fn kwargs(&self) -> &Kwargs {
-        &self.kwargs
+        /// What tasks without kwargs see; saves building and dropping a map per task.
+        static EMPTY: Kwargs = Kwargs::new();
+        self.input.as_ref().map_or(&EMPTY, |i| &i.kwargs)
     }
 
     /// Returns `true` once the task was stopped (by a stop call or by
@@ -134,7 +129,9 @@ impl TaskContext {
         if handle.id().manager != self.id.manager {
             return None;
         }
-        self.upstream
+        let input = self.input.as_ref()?;
+        input
+            .upstream
             .iter()
             .find(|(s, _)| *s == seq)?
             .1
@@ -144,18 +141,16 @@ impl TaskContext {
 
 impl fmt::Debug for TaskContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let TaskContext {
-            id,
-            cell,
-            kwargs,
-            upstream,
-        } = self;
+        let TaskContext { id, cell, input } = self;
         f.debug_struct("TaskContext")
             .field("id", id)
             .field("stopped", &cell.is_stopped())
             .field("group", &self.group())
-            .field("kwargs", kwargs)
-            .field("upstream_results", &upstream.len())
+            .field("kwargs", self.kwargs())
+            .field(
+                "upstream_results",
+                &input.as_ref().map_or(0, |i| i.upstream.len()),
+            )
             .finish()
     }
 }
