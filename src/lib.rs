@@ -226,3 +226,8 @@ pub use manager::TaskManager;
 pub use result::TaskResult;
 pub use subscription::{RecvError, RecvTimeoutError, Subscription, TryRecvError};
 pub use task::{TaskBuilder, TaskContext};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
