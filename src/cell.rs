@@ -171,7 +171,7 @@ impl TaskCell {
     /// declines (returns `None`); returns the state `f` last saw.
     fn update(&self, mut f: impl FnMut(u64) -> Option<u64>) -> Result<u64, u64> {
         self.state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| f(s))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, &mut f)
     }
 
     /// Returns `true` once the task was stopped.

@@ -66,7 +66,7 @@ use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
 use crate::state::{terminal_event, Env, Ids, Mode, State, WorkerSlot};
-use crate::subscription::{self, Emitter, Subscription};
+use crate::subscription::{self, Emitter, Envelope, Subscription};
 use crate::sync::{
     fence, Arc, AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
 };
@@ -79,21 +79,6 @@ static NEXT_MANAGER: AtomicU64 = AtomicU64::new(1);
 
 /// The hint's value when the locked ready queue is empty.
 const NOTHING_LOCKED: i64 = i64::MIN;
-
-/// A change to the scheduler state, made by whoever takes the lock next.
-enum Pending {
-    /// A task with upstream tasks, for the graph.
-    Graph {
-        /// The task (promoted).
-        cell: Arc<TaskCell>,
-        /// Its own kwargs.
-        kwargs: Kwargs,
-        /// Its upstream tasks' sequence numbers, validated, sorted, unique.
-        upstream: Ids,
-    },
-    /// A ready fast task of another priority than 0, for the locked queue.
-    Ready(Arc<TaskCell>),
-}
 
 /// Jobs to drop once the lock is released (their captures' `Drop` is user code).
 #[derive(Default)]
@@ -144,23 +129,27 @@ impl Locked<'_> {
         self.garbage.0.extend(jobs);
     }
 
-    /// Records that events were queued, so the notifier is checked after
-    /// unlocking.
-    pub(crate) fn emitted(&mut self) {
-        self.notify.0 = Some(self.emitter);
-    }
-
     /// Returns `true` if work is owed for when the lock is released.
     pub(crate) fn has_deferred(&self) -> bool {
-        !self.garbage.0.is_empty() || self.notify.0.is_some()
+        !self.garbage.0.is_empty() || self.notify.0.is_some() || !self.guard.out.is_empty()
     }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        // Before the guard is released (fields drop after this body).
+        // All of this runs before the guard is released (fields drop after
+        // this body): the hint, then the events decided in this critical
+        // section, queued while the subscriber list cannot change (emitter
+        // invariant 1).
         self.hint
             .store(self.guard.best_priority(), Ordering::SeqCst);
+        if !self.guard.out.is_empty() {
+            let mut em = self.emitter.lock();
+            for env in self.guard.out.drain(..) {
+                em.emit(env);
+            }
+            self.notify.0 = Some(self.emitter);
+        }
     }
 }
 
@@ -183,8 +172,9 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Ready fast tasks of priority 0, in id order (module docs).
     fifo: SegQueue<Arc<TaskCell>>,
-    /// Changes waiting for the scheduler lock (module docs).
-    inbox: SegQueue<Pending>,
+    /// Ready fast tasks of other priorities than 0, waiting for the
+    /// scheduler lock to enter the locked ready queue (module docs).
+    inbox: SegQueue<Arc<TaskCell>>,
     /// Fast tasks by id.
     registry: Mutex<Registry>,
     /// Subscriptions and notifier: the emit lock.
@@ -237,7 +227,6 @@ impl Shared {
     /// The other locks a graph transition needs.
     pub(crate) fn env(&self) -> Env<'_> {
         Env {
-            emitter: &self.emitter,
             registry: &self.registry,
         }
     }
@@ -274,16 +263,20 @@ impl Shared {
         }
         upstream.sort_unstable();
         upstream.dedup();
+        // Under the lock: the edges must exist before `spawn` returns, so
+        // that an upstream ending a moment later merges its result into
+        // this task (a deferred insert would find it ended and delivered).
+        let mut st = self.lock();
+        if st.mode == Mode::ShutDown {
+            return Err(Error::ShutDown);
+        }
         let group = group.map(|g| self.groups.join(g));
         let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
         let cell = Arc::new(TaskCell::new(seq, priority, group, job, None, true));
         GroupTable::add_member(&cell);
-        self.inbox.push(Pending::Graph {
-            cell,
-            kwargs,
-            upstream,
-        });
-        self.after_inbox_push();
+        let failed = st.insert(&self.env(), cell, kwargs, upstream);
+        st.discard(failed);
+        self.dispatch(&mut st);
         Ok(TaskId {
             seq,
             manager: self.manager_id,
@@ -302,30 +295,9 @@ impl Shared {
 
     /// Applies the inbox's changes, in order (lock held).
     fn drain_inbox(&self, st: &mut Locked<'_>) {
-        while let Some(pending) = self.inbox.pop() {
-            match pending {
-                Pending::Graph {
-                    cell,
-                    kwargs,
-                    upstream,
-                } => {
-                    if st.mode == Mode::ShutDown {
-                        // Raced with shut-down: stopped before it ran.
-                        let _ = cell.stop();
-                        st.discard(cell.take_job());
-                        continue;
-                    }
-                    let failed = st.insert(&self.env(), cell, kwargs, upstream);
-                    if !failed.is_empty() {
-                        st.emitted();
-                    }
-                    st.discard(failed);
-                }
-                Pending::Ready(cell) => {
-                    if st.mode != Mode::ShutDown && !cell.is_stopped() {
-                        st.push_ready(cell);
-                    }
-                }
+        while let Some(cell) = self.inbox.pop() {
+            if st.mode != Mode::ShutDown && !cell.is_stopped() {
+                st.push_ready(cell);
             }
         }
     }
@@ -361,7 +333,7 @@ impl Shared {
             manager: self.manager_id,
         };
         if priority != 0 {
-            self.inbox.push(Pending::Ready(cell));
+            self.inbox.push(cell);
         }
         self.after_inbox_push();
         id
@@ -504,76 +476,122 @@ impl Shared {
         }
     }
 
-    /// Runs a claimed task and ends it. Returns the worker's next task if
-    /// ending it under the scheduler lock picked one.
-    pub(crate) fn run_task(self: &Arc<Self>, cell: Arc<TaskCell>) -> Option<Arc<TaskCell>> {
-        let mut next = None;
-        if let Some((job, input)) = cell.take_work() {
-            let id = TaskId {
-                seq: cell.seq,
-                manager: self.manager_id,
-            };
-            let ctx = TaskContext::new(id, Arc::clone(&cell), input);
-            let outcome = match job(&ctx) {
-                Ok(result) => Outcome::Completed(result),
-                Err(failure) => Outcome::Failed(Arc::new(failure)),
-            };
-            drop(ctx);
-            next = self.end_task(&cell, outcome);
-        }
+    /// Runs claimed task `cell` on worker `w` and ends it. Returns the
+    /// worker's next task, or `None` once the worker is registered idle.
+    ///
+    /// The worker settles what it does next *before* the task's events can
+    /// be received: an owner that reacts to a `Completed` by adding a task
+    /// must find this worker either busy with its next task or idle, never
+    /// in between (SPEC 2: a task added while a worker is free starts at
+    /// once, ahead of a better task added a moment later).
+    pub(crate) fn run_task(
+        self: &Arc<Self>,
+        cell: Arc<TaskCell>,
+        w: usize,
+    ) -> Option<Arc<TaskCell>> {
+        let Some((job, input)) = cell.take_work() else {
+            // Stopped between hand-out and start.
+            self.busy_done();
+            return self.next_or_idle(w);
+        };
+        let id = TaskId {
+            seq: cell.seq,
+            manager: self.manager_id,
+        };
+        let ctx = TaskContext::new(id, Arc::clone(&cell), input);
+        let outcome = match job(&ctx) {
+            Ok(result) => Outcome::Completed(result),
+            Err(failure) => Outcome::Failed(Arc::new(failure)),
+        };
+        drop(ctx);
+        let next = if cell.is_promoted() {
+            self.end_in_graph(&cell, outcome, Some(w))
+        } else {
+            let next = self.next_or_idle(w);
+            self.end_fast(&cell, outcome);
+            next
+        };
+        // After the events are queued: `wait_idle` must not see this worker
+        // idle before its task's events can be received.
         self.busy_done();
         next
     }
 
-    /// Ends a task that ran: with atomics and the emit lock for a fast
-    /// task, under the scheduler lock for one with a graph node. In the
-    /// latter case the worker also takes its next task in the same critical
-    /// section (counted in `busy`), so a released downstream task runs on
-    /// the worker that released it instead of waking another.
-    fn end_task(self: &Arc<Self>, cell: &Arc<TaskCell>, outcome: Outcome) -> Option<Arc<TaskCell>> {
-        if !cell.is_promoted() {
-            let mut em = self.emitter.lock();
-            let n = em.fan_out();
-            if n > 0 {
-                // Before FINISHED is visible: a task added after this one
-                // reads it (cell invariant 1, `State::insert`).
-                cell.keep_outcome(outcome.clone());
-            }
-            match cell.end_fast(n) {
-                FastEnd::Finished => {
-                    em.terminal(terminal_event(cell, &outcome, self.manager_id), cell);
-                    if let Some(g) = &cell.group {
-                        if g.end_member() {
-                            em.group_finished(g.key.clone(), cell);
-                        }
-                    }
-                    let notifier = em.take_notify();
-                    drop(em);
-                    if let Some(n) = notifier {
-                        unwind::contain(|| n());
-                    }
-                    return None;
-                }
-                FastEnd::Stopped => {
-                    drop(em);
-                    cell.clear_outcome();
-                    return None;
-                }
-                // Became an upstream while running: end it in the graph.
-                FastEnd::Promoted => {}
-            }
+    /// Takes the worker's next task, or registers it idle (taking a task
+    /// the dispatcher hands it while doing so).
+    fn next_or_idle(self: &Arc<Self>, w: usize) -> Option<Arc<TaskCell>> {
+        if let Some(next) = self.next_task() {
+            return Some(next);
         }
         let mut st = self.lock();
-        let jobs = st.finish(&self.env(), cell, outcome);
+        self.go_idle(&mut st, w);
+        st.workers[w].assigned.take()
+    }
+
+    /// Ends a fast task with atomics and the emit lock; hands it to the
+    /// graph if it became an upstream while it ran.
+    fn end_fast(self: &Arc<Self>, cell: &Arc<TaskCell>, outcome: Outcome) {
+        let mut em = self.emitter.lock();
+        let n = em.fan_out();
+        if n > 0 {
+            // Before FINISHED is visible: a task added after this one reads
+            // it (cell invariant 1, `State::insert`).
+            cell.keep_outcome(outcome.clone());
+        }
+        match cell.end_fast(n) {
+            FastEnd::Finished => {
+                if n > 0 {
+                    let event = terminal_event(cell, &outcome, self.manager_id);
+                    em.emit(Envelope::terminal(event, cell));
+                }
+                if let Some(g) = &cell.group {
+                    if g.end_member() && n > 0 {
+                        em.emit(Envelope::group_finished(g.key.clone(), cell));
+                    }
+                }
+                let notifier = em.take_notify();
+                drop(em);
+                if let Some(n) = notifier {
+                    unwind::contain(|| n());
+                }
+            }
+            FastEnd::Stopped => {
+                drop(em);
+                cell.clear_outcome();
+            }
+            FastEnd::Promoted => {
+                drop(em);
+                // Became an upstream while running: end it in the graph.
+                let next = self.end_in_graph(cell, outcome, None);
+                debug_assert!(next.is_none());
+            }
+        }
+    }
+
+    /// Ends a task with a graph node under the scheduler lock. With `w`,
+    /// worker `w` also takes its next task (or goes idle) in the same
+    /// critical section, before the events are queued (see `run_task`), so
+    /// a released downstream task runs on the worker that released it.
+    fn end_in_graph(
+        self: &Arc<Self>,
+        cell: &Arc<TaskCell>,
+        outcome: Outcome,
+        w: Option<usize>,
+    ) -> Option<Arc<TaskCell>> {
+        let mut st = self.lock();
+        let jobs = st.finish(cell, outcome);
         st.discard(jobs);
-        st.emitted();
-        let next = if st.mode == Mode::Processing {
-            st.pop_ready(&self.fifo)
-        } else {
-            None
-        };
-        if next.is_some() {
-            self.busy.fetch_add(1, Ordering::SeqCst);
+        let mut next = None;
+        if let Some(w) = w {
+            if st.mode == Mode::Processing {
+                next = st.pop_ready(&self.fifo);
+            }
+            if next.is_some() {
+                self.busy.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.go_idle(&mut st, w);
+                next = st.workers[w].assigned.take();
+            }
         }
         self.dispatch(&mut st);
         next
@@ -591,6 +609,7 @@ impl Shared {
             self.registry.lock().clear();
             self.groups.clear();
             self.emitter.lock().clear();
+            st.fan_out = 0;
             while self.fifo.pop().is_some() {}
             for slot in &st.workers {
                 slot.signal.notify_one();
@@ -962,9 +981,11 @@ impl TaskManager {
     pub fn subscribe(&self) -> Subscription {
         let shared = self.shared();
         let (sender, subscription) = subscription::pair(Arc::clone(&shared.closed));
-        let st = shared.lock();
+        let mut st = shared.lock();
         if st.mode != Mode::ShutDown {
-            shared.emitter.lock().subscribe(sender);
+            let mut em = shared.emitter.lock();
+            em.subscribe(sender);
+            st.fan_out = em.fan_out();
         }
         subscription
     }

@@ -40,7 +40,7 @@ use crate::event::Event;
 use crate::id::TaskId;
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
-use crate::subscription::Emitter;
+use crate::subscription::Envelope;
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::task::Job;
 use crate::unwind::Failure;
@@ -120,8 +120,6 @@ pub(crate) struct WorkerSlot {
 
 /// The other locked structures a graph transition touches.
 pub(crate) struct Env<'a> {
-    /// Subscriptions (emit lock).
-    pub(crate) emitter: &'a Mutex<Emitter>,
     /// Fast tasks by id (registry lock).
     pub(crate) registry: &'a Mutex<Registry>,
 }
@@ -155,6 +153,13 @@ pub(crate) struct State {
     pub(crate) handles: Vec<std::thread::JoinHandle<()>>,
     /// The manager's id, part of every `TaskId`.
     manager: u64,
+    /// How many subscriptions each event goes to (emitter invariant 1).
+    pub(crate) fan_out: usize,
+    /// Events decided in this critical section, queued in every
+    /// subscription just before the lock is released (after the worker that
+    /// decided them has taken its next task or gone idle, so that an owner
+    /// who reacts to an event finds that worker free).
+    pub(crate) out: Vec<Envelope>,
 }
 
 impl State {
@@ -170,6 +175,8 @@ impl State {
             idle: Vec::new(),
             handles: Vec::new(),
             manager,
+            fan_out: 0,
+            out: Vec::new(),
         }
     }
 
@@ -300,7 +307,7 @@ impl State {
         }
         self.nodes.insert(seq, node);
         match failed {
-            Some(failure) => self.fail(env, seq, failure),
+            Some(failure) => self.fail(seq, failure),
             None => {
                 if ready {
                     self.push_ready(cell);
@@ -315,12 +322,7 @@ impl State {
     ///
     /// Returns the jobs of tasks failed by the cascade, to drop unlocked.
     #[must_use = "the jobs must be dropped after the lock is released"]
-    pub(crate) fn finish(
-        &mut self,
-        env: &Env<'_>,
-        cell: &Arc<TaskCell>,
-        outcome: Outcome,
-    ) -> Vec<Job> {
+    pub(crate) fn finish(&mut self, cell: &Arc<TaskCell>, outcome: Outcome) -> Vec<Job> {
         let seq = cell.seq;
         if !self.nodes.contains_key(&seq) {
             // Stopped while running: its node left and its outcome is dropped.
@@ -328,15 +330,13 @@ impl State {
         }
         let jobs = match &outcome {
             Outcome::Completed(result) => {
-                let mut em = env.emitter.lock();
-                if !end_and_emit(&mut em, cell, &outcome, self.manager) {
+                if !self.end_and_emit(cell, &outcome) {
                     return Vec::new();
                 }
-                drop(em);
                 self.release_downstream(seq, Some(result));
                 Vec::new()
             }
-            Outcome::Failed(failure) => self.fail(env, seq, Arc::clone(failure)),
+            Outcome::Failed(failure) => self.fail(seq, Arc::clone(failure)),
         };
         self.retire(seq);
         self.reap();
@@ -376,23 +376,23 @@ impl State {
     /// downstream of it, with the same message and traceback. Events are
     /// queued under the emit lock, each followed by the `GroupFinished` it
     /// causes. Returns the jobs of tasks that never ran.
-    fn fail(&mut self, env: &Env<'_>, seq: u64, failure: Arc<Failure>) -> Vec<Job> {
+    fn fail(&mut self, seq: u64, failure: Arc<Failure>) -> Vec<Job> {
         let outcome = Outcome::Failed(failure);
         let mut level = vec![seq];
         let mut seen: HashSet<u64> = HashSet::from([seq]);
         let mut jobs = Vec::new();
-        let mut em = env.emitter.lock();
         while !level.is_empty() {
             let mut next = Vec::new();
             for &s in &level {
-                let node = self.nodes.get(&s).expect("failing tasks have nodes");
+                let cell = Arc::clone(&self.nodes.get(&s).expect("failing tasks have nodes").cell);
                 if s != seq {
                     // Blocked downstream tasks never ran.
-                    jobs.extend(node.cell.take_job());
+                    jobs.extend(cell.take_job());
                 }
-                if !end_and_emit(&mut em, &node.cell, &outcome, self.manager) {
+                if !self.end_and_emit(&cell, &outcome) {
                     continue;
                 }
+                let node = &self.nodes[&s];
                 for &d in &node.downstream {
                     let blocked = self.nodes.get(&d).is_some_and(|n| {
                         n.waiting_on > 0 && !n.cell.is_finished() && !n.cell.is_stopped()
@@ -411,6 +411,29 @@ impl State {
             level = next;
         }
         jobs
+    }
+
+    /// Ends a promoted task with `outcome` and queues its events in `out`;
+    /// `false` if it had ended already.
+    fn end_and_emit(&mut self, cell: &Arc<TaskCell>, outcome: &Outcome) -> bool {
+        let n = self.fan_out;
+        if n > 0 {
+            cell.keep_outcome(outcome.clone());
+        }
+        if !cell.end_promoted(n) {
+            cell.clear_outcome();
+            return false;
+        }
+        if n > 0 {
+            let event = terminal_event(cell, outcome, self.manager);
+            self.out.push(Envelope::terminal(event, cell));
+        }
+        if let Some(g) = &cell.group {
+            if g.end_member() && n > 0 {
+                self.out.push(Envelope::group_finished(g.key.clone(), cell));
+            }
+        }
+        true
     }
 
     /// After a node's task finished: keeps the node while its event is
@@ -554,24 +577,4 @@ pub(crate) fn terminal_event(cell: &TaskCell, outcome: &Outcome, manager: u64) -
             traceback: f.traceback.clone(),
         },
     }
-}
-
-/// Ends a promoted task with `outcome` and queues its events; `false` if it
-/// had ended already. Called with the scheduler lock and the emit lock held.
-fn end_and_emit(em: &mut Emitter, cell: &Arc<TaskCell>, outcome: &Outcome, manager: u64) -> bool {
-    let n = em.fan_out();
-    if n > 0 {
-        cell.keep_outcome(outcome.clone());
-    }
-    if !cell.end_promoted(n) {
-        cell.clear_outcome();
-        return false;
-    }
-    em.terminal(terminal_event(cell, outcome, manager), cell);
-    if let Some(g) = &cell.group {
-        if g.end_member() {
-            em.group_finished(g.key.clone(), cell);
-        }
-    }
-    true
 }

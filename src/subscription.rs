@@ -42,8 +42,28 @@ pub(crate) struct Envelope {
 }
 
 impl Envelope {
+    /// Wraps a task's `Completed`/`Failed`, whose copies the caller counted
+    /// in the cell (one per subscriber: `Emitter::fan_out`).
+    pub(crate) fn terminal(event: Event, cell: &Arc<TaskCell>) -> Self {
+        Envelope {
+            event: Some(event),
+            gate: Some(Arc::clone(cell)),
+            counted: true,
+        }
+    }
+
+    /// Wraps the `GroupFinished` for `group` caused by the end of `cell`'s task.
+    pub(crate) fn group_finished(group: Group, cell: &Arc<TaskCell>) -> Self {
+        let event = Event::GroupFinished { group };
+        Envelope {
+            event: Some(event),
+            gate: Some(Arc::clone(cell)),
+            counted: false,
+        }
+    }
+
     /// Returns a copy for another queue (the caller counted every copy).
-    pub(crate) fn duplicate(&self) -> Self {
+    fn duplicate(&self) -> Self {
         Envelope {
             event: self.event.clone(),
             gate: self.gate.clone(),
@@ -86,6 +106,8 @@ impl Drop for Envelope {
 pub(crate) struct Subscriber {
     /// Where events go.
     tx: Sender<Envelope>,
+    /// A send failed: the subscription was dropped (emitter invariant 1).
+    gone: bool,
     /// Notifier protocol flag (see the module docs).
     armed: Arc<AtomicBool>,
 }
@@ -105,11 +127,22 @@ impl Subscriber {
 /// Everything the emit lock guards: the subscriptions and the notifier.
 ///
 /// Events are queued only under this lock, so every subscription sees the
-/// same order. Lock order: the scheduler lock may be held while taking this
-/// one, never the reverse.
+/// same order.
+///
+/// # Invariants
+///
+/// 1. `subscribers` changes only while the scheduler lock is held too
+///    (`subscribe`, `prune`, `clear`), so a graph transition can count the
+///    copies of a terminal event (`fan_out`) when it decides the outcome and
+///    queue them later in the same critical section. A subscription that was
+///    dropped stays in the list until pruned; a copy sent to it is dropped,
+///    which settles its cell (cell invariant 3).
+///
+/// Lock order: the scheduler lock may be held while taking this one, never
+/// the reverse.
 #[derive(Default)]
 pub(crate) struct Emitter {
-    /// Open subscriptions.
+    /// Subscriptions, open or dropped-but-not-pruned (invariant 1).
     subscribers: Vec<Subscriber>,
     /// Called when an event lands in an empty queue.
     pub(crate) notifier: Option<Notifier>,
@@ -126,41 +159,16 @@ impl fmt::Debug for Emitter {
 }
 
 impl Emitter {
-    /// Returns how many queues a terminal event emitted now will enter;
-    /// the caller counts them in the cell before calling [`Self::terminal`].
+    /// Returns how many copies of an event emitted now are queued (invariant 1).
     pub(crate) fn fan_out(&self) -> usize {
         self.subscribers.len()
     }
 
-    /// Queues a task's `Completed`/`Failed`, already counted in its cell.
-    pub(crate) fn terminal(&mut self, event: Event, cell: &Arc<TaskCell>) {
-        if !self.subscribers.is_empty() {
-            self.emit(Envelope {
-                event: Some(event),
-                gate: Some(Arc::clone(cell)),
-                counted: true,
-            });
-        }
-    }
-
-    /// Queues `GroupFinished` for `group`, caused by the end of `cell`'s task.
-    pub(crate) fn group_finished(&mut self, group: Group, cell: &Arc<TaskCell>) {
-        if !self.subscribers.is_empty() {
-            let event = Event::GroupFinished { group };
-            self.emit(Envelope {
-                event: Some(event),
-                gate: Some(Arc::clone(cell)),
-                counted: false,
-            });
-        }
-    }
-
-    /// Queues `env` in every subscription; forgets subscriptions that are gone.
-    fn emit(&mut self, env: Envelope) {
+    /// Queues `env` in every subscription.
+    pub(crate) fn emit(&mut self, env: Envelope) {
         let n = self.subscribers.len();
-        let mut gone = Vec::new();
         let mut env = Some(env);
-        for (i, sub) in self.subscribers.iter().enumerate() {
+        for (i, sub) in self.subscribers.iter_mut().enumerate() {
             let this = if i + 1 == n {
                 env.take().expect("one envelope per subscriber")
             } else {
@@ -171,17 +179,20 @@ impl Emitter {
             match sub.send(this) {
                 Ok(true) => self.notify_due = true,
                 Ok(false) => {}
-                Err(()) => gone.push(i),
+                Err(()) => sub.gone = true,
             }
-        }
-        for i in gone.into_iter().rev() {
-            self.subscribers.remove(i);
         }
     }
 
-    /// Adds a subscription.
+    /// Adds a subscription (scheduler lock held: invariant 1).
     pub(crate) fn subscribe(&mut self, sub: Subscriber) {
+        self.prune();
         self.subscribers.push(sub);
+    }
+
+    /// Forgets subscriptions found dropped (scheduler lock held: invariant 1).
+    pub(crate) fn prune(&mut self) {
+        self.subscribers.retain(|s| !s.gone);
     }
 
     /// Returns the notifier if an event landed in an empty queue since the
@@ -194,7 +205,7 @@ impl Emitter {
         }
     }
 
-    /// Closes every subscription.
+    /// Closes every subscription (scheduler lock held: invariant 1).
     pub(crate) fn clear(&mut self) {
         self.subscribers.clear();
     }
@@ -208,6 +219,7 @@ pub(crate) fn pair(closed: Arc<AtomicBool>) -> (Subscriber, Subscription) {
     (
         Subscriber {
             tx,
+            gone: false,
             armed: Arc::clone(&armed),
         },
         Subscription { rx, armed, closed },

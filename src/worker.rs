@@ -15,7 +15,7 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
     let mut task = None;
     loop {
         if let Some(cell) = task.take() {
-            task = shared.run_task(cell).or_else(|| shared.next_task());
+            task = shared.run_task(cell, w);
             continue;
         }
         let mut st = shared.lock();

@@ -3,7 +3,7 @@
 mod common;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -118,18 +118,27 @@ fn after_an_upstream_that_completed_and_was_delivered_counts_as_satisfied() {
     let u = m.add_task(noop).unwrap();
     assert_eq!(ev(&next(&sub)), Ev::Done(u.id()));
     assert!(m.wait_idle(TIMEOUT));
-    let ran = Arc::new(AtomicBool::new(false));
-    let r = Arc::clone(&ran);
-    let d = m
-        .task()
-        .after([&u])
-        .spawn(move |_: &TaskContext| {
-            r.store(true, Ordering::SeqCst);
-            Ok::<_, Infallible>(())
-        })
-        .expect("an id this manager issued is accepted");
-    assert_eq!(ev(&next(&sub)), Ev::Done(d.id()));
-    assert!(ran.load(Ordering::SeqCst));
+    let runs = Arc::new(AtomicUsize::new(0));
+    // Twice: right after the delivery, and again after more tasks ran
+    // (whatever the manager keeps of a delivered task by then).
+    for round in 1..=2 {
+        let r = Arc::clone(&runs);
+        let d = m
+            .task()
+            .after([&u])
+            .spawn(move |_: &TaskContext| {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Infallible>(())
+            })
+            .expect("an id this manager issued is accepted");
+        assert_eq!(ev(&next(&sub)), Ev::Done(d.id()), "round {round}");
+        assert_eq!(runs.load(Ordering::SeqCst), round);
+        for _ in 0..3 {
+            let x = m.add_task(noop).unwrap();
+            assert_eq!(ev(&next(&sub)), Ev::Done(x.id()));
+        }
+        assert!(m.wait_idle(TIMEOUT));
+    }
     assert_quiet(&m, &sub);
 }
 
@@ -157,7 +166,8 @@ fn after_an_upstream_that_failed_or_was_stopped_counts_as_satisfied() {
 
 #[test]
 fn kwargs_results_of_upstream_tasks_are_merged_into_downstream_kwargs() {
-    let m = manager(1);
+    // Paused: the upstream is surely live when the downstream is added.
+    let m = paused(1);
     let sub = m.subscribe();
     let u = add_returning(
         &m,
@@ -171,6 +181,7 @@ fn kwargs_results_of_upstream_tasks_are_merged_into_downstream_kwargs() {
         .kwargs(Kwargs::new().with("own", 7i32))
         .spawn(echo_kwargs)
         .unwrap();
+    m.start_processing();
     completed(&sub, &u);
     let k = completed_kwargs(&sub, &d);
     assert_eq!(keys(&k), ["own", "path", "size"]);
@@ -182,7 +193,8 @@ fn kwargs_results_of_upstream_tasks_are_merged_into_downstream_kwargs() {
 
 #[test]
 fn on_a_key_clash_the_upstream_result_wins_over_the_tasks_own_kwargs() {
-    let m = manager(1);
+    // Paused: the upstream is surely live when the downstream is added.
+    let m = paused(1);
     let sub = m.subscribe();
     let u = add_returning(&m, Kwargs::new().with("k", "upstream"));
     let d = m
@@ -191,6 +203,7 @@ fn on_a_key_clash_the_upstream_result_wins_over_the_tasks_own_kwargs() {
         .kwargs(Kwargs::new().with("k", "own").with("mine", 1u8))
         .spawn(echo_kwargs)
         .unwrap();
+    m.start_processing();
     completed(&sub, &u);
     let k = completed_kwargs(&sub, &d);
     assert_eq!(keys(&k), ["k", "mine"]);
@@ -232,8 +245,14 @@ fn on_a_key_clash_a_later_completing_upstream_wins_over_an_earlier_one() {
         gates[last_to_finish].open();
         completed(&sub, ups[last_to_finish]);
         let k = completed_kwargs(&sub, &d);
-        assert_eq!(keys(&k), ["k", "only_u0", "only_u1"]);
         let winner = ["u0", "u1"][last_to_finish];
+        assert_eq!(
+            keys(&k),
+            ["k", "only_u0", "only_u1"],
+            "both upstream results must be merged (u{first_to_finish} completed first, \
+             then u{last_to_finish}; k = {:?})",
+            k.get::<&str>("k")
+        );
         assert_eq!(
             k.get::<&str>("k"),
             Some(&winner),
@@ -350,22 +369,22 @@ fn a_downstream_of_an_upstream_stopped_while_running_runs_without_its_result() {
 fn a_pass_through_task_joins_two_upstream_results_with_its_own_kwargs() {
     let m = manager(2);
     let sub = m.subscribe();
-    let gate = Gate::new();
-    let (u1, rx) = add_gated_returning(
-        &m,
-        &gate,
-        Kwargs::new().with("a", 1u32).with("shared", "u1"),
-    );
-    wait_start(&rx);
-    let u2 = add_returning(&m, Kwargs::new().with("b", 2u32).with("shared", "u2"));
+    let (g1, g2) = (Gate::new(), Gate::new());
+    let (u1, rx1) =
+        add_gated_returning(&m, &g1, Kwargs::new().with("a", 1u32).with("shared", "u1"));
+    let (u2, rx2) =
+        add_gated_returning(&m, &g2, Kwargs::new().with("b", 2u32).with("shared", "u2"));
+    wait_start(&rx1);
+    wait_start(&rx2);
     let p = m
         .task()
         .after([&u1, &u2])
         .kwargs(Kwargs::new().with("own", 3u32).with("a", 0u32))
         .spawn_pass_through()
         .unwrap();
+    g2.open();
     completed(&sub, &u2);
-    gate.open();
+    g1.open();
     completed(&sub, &u1);
     let k = completed_kwargs(&sub, &p);
     assert_eq!(keys(&k), ["a", "b", "own", "shared"]);
@@ -448,15 +467,17 @@ fn a_pass_through_task_waits_for_a_free_worker() {
 fn add_pass_through_task_is_the_short_form() {
     let m = manager(2);
     let sub = m.subscribe();
-    let gate = Gate::new();
-    let (u1, rx) = add_gated_returning(&m, &gate, Kwargs::new().with("a", 1u8));
-    wait_start(&rx);
-    let u2 = add_returning(&m, Kwargs::new().with("b", 2u8));
+    let (g1, g2) = (Gate::new(), Gate::new());
+    let (u1, rx1) = add_gated_returning(&m, &g1, Kwargs::new().with("a", 1u8));
+    let (u2, rx2) = add_gated_returning(&m, &g2, Kwargs::new().with("b", 2u8));
+    wait_start(&rx1);
+    wait_start(&rx2);
     let by_handles = m.add_pass_through_task([&u1, &u2]).unwrap();
     let by_ids = m.add_pass_through_task(vec![u1.id(), u2.id()]).unwrap();
+    g2.open();
     completed(&sub, &u2);
-    // Both wait for u1, still held.
-    gate.open();
+    // Both still wait for u1.
+    g1.open();
     completed(&sub, &u1);
     let mut rest = take(&sub, 2);
     rest.sort_by_key(id_of);

@@ -170,8 +170,13 @@ fn a_task_blocked_on_its_upstream_never_holds_back_a_ready_task_of_lower_priorit
 fn with_one_worker_the_first_task_added_runs_first_even_if_a_higher_priority_task_follows() {
     let m = manager(1);
     let sub = m.subscribe();
-    // Several rounds: the first spawns the worker, later ones reuse it idle.
-    for round in 0..20 {
+    // Other subscribers, never drained: the worker queues each event to
+    // `sub` first, then to these, so the owner learns that a task ended
+    // while its worker may still be finishing up. The worker is free by then.
+    let _others: Vec<Subscription> = (0..1000).map(|_| m.subscribe()).collect();
+    // Several rounds: the first spawns the worker, later ones find it free
+    // right after the previous round's events were received.
+    for round in 0..50 {
         let gate = Gate::new();
         let (first, first_rx) = add_blocker(&m, &gate);
         // Added a moment later, without waiting for the first to start.
