@@ -216,6 +216,9 @@ mod task;
 mod unwind;
 mod worker;
 
+#[cfg(all(test, bgtask_loom))]
+mod tests;
+
 pub use builder::Builder;
 pub use error::Error;
 pub use event::Event;

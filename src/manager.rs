@@ -74,8 +74,9 @@ use crate::task::{Job, TaskBuilder, TaskContext};
 use crate::unwind;
 use crate::worker;
 
-/// Process-wide counter that gives each manager its own id space.
-static NEXT_MANAGER: AtomicU64 = AtomicU64::new(1);
+/// Process-wide counter that gives each manager its own id space (`std`'s
+/// atomic even under loom, which cannot have statics).
+static NEXT_MANAGER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The hint's value when the locked ready queue is empty.
 const NOTHING_LOCKED: i64 = i64::MIN;

@@ -1,0 +1,127 @@
+//! The task cell's races: a worker ending a task against a stop, a stop
+//! against a subscription delivering the event, and a shut-down against
+//! both.
+
+use loom::sync::Mutex as LoomMutex;
+use loom::thread;
+
+use super::claimed;
+use crate::cell::{FastEnd, StopFound};
+use crate::sync::{Arc, AtomicBool, Ordering};
+
+/// A worker ends a fast task (queueing its event if it won) while the owner
+/// stops it. Exactly one of them decides the task's fate, and a queued event
+/// is delivered only if the stop came after the delivery.
+#[test]
+fn loom_finish_vs_stop() {
+    loom::model(|| {
+        let cell = claimed(1);
+        let queue = Arc::new(LoomMutex::new(0usize));
+        let worker = {
+            let (cell, queue) = (Arc::clone(&cell), Arc::clone(&queue));
+            thread::spawn(move || {
+                let ended = cell.end_fast(1);
+                if ended == FastEnd::Finished {
+                    *queue.lock().unwrap() += 1;
+                }
+                ended
+            })
+        };
+        let stop = cell.stop();
+        let ended = worker.join().unwrap();
+        let queued = *queue.lock().unwrap();
+        match stop {
+            // Stopped first: the worker must see it and queue nothing.
+            StopFound::Unfinished { claimed, .. } => {
+                assert!(claimed);
+                assert_eq!(ended, FastEnd::Stopped);
+                assert_eq!(queued, 0);
+            }
+            // Stopped after the end: the queued copy must not be delivered.
+            StopFound::Finished => {
+                assert_eq!(ended, FastEnd::Finished);
+                assert_eq!(queued, 1);
+                assert!(!cell.settle(), "a stopped task's event was delivered");
+            }
+            StopFound::NotLive => panic!("the event was pending: the task was live"),
+        }
+        assert!(cell.is_dead());
+    });
+}
+
+/// The owner's subscription delivers a finished task's event while another
+/// thread stops the task: delivered and stopped exclude each other.
+#[test]
+fn loom_stop_vs_drain() {
+    loom::model(|| {
+        let cell = claimed(1);
+        assert_eq!(cell.end_fast(1), FastEnd::Finished);
+        let drain = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || cell.settle())
+        };
+        let stop = cell.stop();
+        let delivered = drain.join().unwrap();
+        match stop {
+            StopFound::Finished => assert!(!delivered, "stopped, yet delivered"),
+            StopFound::NotLive => assert!(delivered, "not live, yet not delivered"),
+            StopFound::Unfinished { .. } => panic!("the task had finished"),
+        }
+        assert!(cell.is_dead());
+        assert!(!cell.has_pending());
+    });
+}
+
+/// Shut-down (stop every task, then close) races a worker ending a task and
+/// a subscription draining it. Nothing is delivered after the close, and an
+/// event is delivered only if the shut-down found the task no longer live.
+#[test]
+fn loom_finish_vs_shut_down() {
+    loom::model(|| {
+        let cell = claimed(1);
+        let closed = Arc::new(AtomicBool::new(false));
+        let queue = Arc::new(LoomMutex::new(0usize));
+        let worker = {
+            let (cell, queue) = (Arc::clone(&cell), Arc::clone(&queue));
+            thread::spawn(move || {
+                if cell.end_fast(1) == FastEnd::Finished {
+                    *queue.lock().unwrap() += 1;
+                }
+            })
+        };
+        let owner = {
+            let (cell, queue, closed) =
+                (Arc::clone(&cell), Arc::clone(&queue), Arc::clone(&closed));
+            thread::spawn(move || {
+                // What `Subscription::try_recv` does with one queued copy.
+                if closed.load(Ordering::Acquire) {
+                    return false;
+                }
+                let mut q = queue.lock().unwrap();
+                if *q == 0 {
+                    return false;
+                }
+                *q -= 1;
+                drop(q);
+                cell.settle()
+            })
+        };
+        let stop = cell.stop();
+        closed.store(true, Ordering::Release);
+        worker.join().unwrap();
+        let delivered = owner.join().unwrap();
+        if delivered {
+            assert_eq!(
+                stop,
+                StopFound::NotLive,
+                "delivered an event of a task shut-down stopped"
+            );
+        }
+        // A copy still queued is discarded (the manager is closed); settle it.
+        let left = *queue.lock().unwrap();
+        for _ in 0..left {
+            assert!(!cell.settle() || stop == StopFound::NotLive);
+        }
+        assert!(cell.is_dead());
+    });
+}

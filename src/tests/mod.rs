@@ -1,0 +1,29 @@
+//! Model-checked tests of the synchronisation core, run under loom:
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg bgtask_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom_
+//! ```
+//!
+//! `crate::sync` swaps in loom's atomics, mutexes and condvars under
+//! `--cfg bgtask_loom`, so these models explore every interleaving (up to the
+//! preemption bound) of the real `TaskCell` state machine and the real
+//! graph transitions.
+
+use crate::cell::TaskCell;
+use crate::sync::Arc;
+use crate::task::Job;
+
+mod loom_cell;
+mod loom_graph;
+
+/// A job that must never run in a model.
+fn never() -> Job {
+    Box::new(|_| unreachable!("models do not run jobs"))
+}
+
+/// A fast task's cell, claimed by a worker.
+fn claimed(seq: u64) -> Arc<TaskCell> {
+    let cell = Arc::new(TaskCell::new(seq, 0, None, never(), None, false));
+    assert!(cell.claim());
+    cell
+}
