@@ -28,6 +28,14 @@
 //!    if `STOPPED` is clear: a stopped task never starts.
 //! 6. `PROMOTED` and `IN_READY` change only under the scheduler lock.
 //!    `PROMOTED` is set only while `FINISHED` and `STOPPED` are clear.
+//! 7. A waiter (`TaskHandle::wait`, or its `Future`) registers under the
+//!    slot lock and then sets `WAITING`; whoever sets `FINISHED` or
+//!    `STOPPED` and sees `WAITING` in the previous state takes the slot lock
+//!    and wakes every registered waiter. Both bits live in one atomic word,
+//!    so either the waiter sees the end or the ender sees the waiter.
+//! 8. A finished task keeps its outcome in the slot for its handles until
+//!    the cell is dropped, unless it is stopped afterwards (then handles see
+//!    `Stopped`, like everyone else).
 
 use std::fmt;
 
@@ -50,8 +58,12 @@ const PROMOTED: u64 = 1 << 61;
 const CLAIMED: u64 = 1 << 60;
 /// Set while the task has a live entry in the locked ready queue.
 const IN_READY: u64 = 1 << 59;
+/// Set once someone waits for the task's end (invariant 7).
+const WAITING: u64 = 1 << 58;
 /// The pending-delivery count (invariant 3).
-const PENDING: u64 = IN_READY - 1;
+const PENDING: u64 = WAITING - 1;
+/// The task ended (finished or stopped).
+const ENDED: u64 = STOPPED | FINISHED;
 
 /// What a task gets when it starts: its kwargs and its upstream results.
 #[derive(Default)]
@@ -69,6 +81,56 @@ pub(crate) enum Outcome {
     Completed(TaskResult),
     /// Returned `Err`, panicked, or was failed by an upstream task.
     Failed(Arc<Failure>),
+}
+
+/// Something waiting for a task to end.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    /// A thread blocked in `TaskHandle::wait`.
+    Thread(std::thread::Thread),
+    /// A task polling the handle as a `Future`.
+    Waker(std::task::Waker),
+}
+
+/// Waiters taken from a cell that ended, to wake once no lock is held
+/// (a waker is user code).
+#[allow(clippy::box_collection)] // moved out of `Slot::waiters` as it is
+pub(crate) type Wakes = Option<Box<Vec<Waiter>>>;
+
+/// Wakes every waiter in `wakes`.
+pub(crate) fn wake_all(wakes: Wakes) {
+    for w in wakes.into_iter().flat_map(|b| *b) {
+        w.wake();
+    }
+}
+
+impl Waiter {
+    /// Wakes it.
+    fn wake(self) {
+        match self {
+            Waiter::Thread(t) => t.unpark(),
+            Waiter::Waker(w) => w.wake(),
+        }
+    }
+}
+
+/// How a task ended, as its handle reports it.
+#[derive(Clone)]
+pub(crate) enum HandleEnd {
+    /// Completed or failed.
+    Outcome(Outcome),
+    /// Stopped: its outcome, if any, was dropped.
+    Stopped,
+}
+
+/// What the slot lock guards.
+pub(crate) struct Slot {
+    /// The work, then the outcome.
+    pub(crate) work: Payload,
+    /// Registered waiters (invariant 7); boxed, since most tasks have none
+    /// and every cell pays for the field (8 bytes instead of 24).
+    #[allow(clippy::box_collection)]
+    waiters: Option<Box<Vec<Waiter>>>,
 }
 
 /// The part of a cell that moves: the work before the task runs, its
@@ -125,8 +187,8 @@ pub(crate) struct TaskCell {
     pub(crate) group: Option<Arc<GroupState>>,
     /// Flags and pending count (module invariants).
     state: AtomicU64,
-    /// The work, then the outcome.
-    pub(crate) payload: Mutex<Payload>,
+    /// The work, then the outcome, and the waiters.
+    pub(crate) payload: Mutex<Slot>,
 }
 
 impl fmt::Debug for TaskCell {
@@ -158,7 +220,10 @@ impl TaskCell {
             priority,
             group,
             state: AtomicU64::new(if promoted { PROMOTED } else { 0 }),
-            payload: Mutex::new(Payload::Pending { job, input }),
+            payload: Mutex::new(Slot {
+                work: Payload::Pending { job, input },
+                waiters: None,
+            }),
         }
     }
 
@@ -214,7 +279,7 @@ impl TaskCell {
 
     /// Gives a worker the work and input of a claimed task.
     pub(crate) fn take_work(&self) -> Option<(Job, Option<Box<Input>>)> {
-        match std::mem::replace(&mut *self.payload.lock(), Payload::Empty) {
+        match std::mem::replace(&mut self.payload.lock().work, Payload::Empty) {
             Payload::Pending { job, input } => Some((job, input)),
             _ => None,
         }
@@ -227,9 +292,9 @@ impl TaskCell {
 
     /// Stops the task if it is live (invariants 1, 2). Called under the
     /// scheduler lock.
-    pub(crate) fn stop(&self) -> StopFound {
+    pub(crate) fn stop(&self) -> (StopFound, Wakes) {
         let mut found = StopFound::NotLive;
-        let _ = self.update(|s| {
+        let prev = self.update(|s| {
             if s & STOPPED != 0 {
                 found = StopFound::NotLive;
                 None
@@ -249,15 +314,42 @@ impl TaskCell {
                 Some((s | STOPPED) & !IN_READY)
             }
         });
-        found
+        let wakes = prev.ok().and_then(|prev| self.take_waiters(prev));
+        (found, wakes)
+    }
+
+    /// Takes the waiters to wake if `prev`, the state an end replaced, had
+    /// any (invariant 7).
+    fn take_waiters(&self, prev: u64) -> Wakes {
+        if prev & WAITING == 0 {
+            return None;
+        }
+        self.payload.lock().waiters.take()
+    }
+
+    /// Returns how the task ended, or registers `waiter` to be woken when it
+    /// does (invariant 7). `None` means "not yet".
+    pub(crate) fn poll_end(&self, waiter: Option<Waiter>) -> Option<HandleEnd> {
+        let mut slot = self.payload.lock();
+        let s = self.load();
+        if s & ENDED != 0 {
+            return Some(end_of(s, &slot));
+        }
+        let waiter = waiter?;
+        slot.waiters.get_or_insert_with(Box::default).push(waiter);
+        let prev = self.state.fetch_or(WAITING, Ordering::AcqRel);
+        // The ender may have ended it before seeing WAITING; it then found no
+        // waiter to wake, so answer now. (Its CAS came first: the outcome is
+        // in the slot, which we hold.)
+        (prev & ENDED != 0).then(|| end_of(prev, &slot))
     }
 
     /// Marks the outcome decided for a fast task (invariant 1) and, in the
     /// same step, counts the `pending` queues its event is about to enter
     /// (invariant 3), so that it never looks delivered before it is queued.
-    pub(crate) fn end_fast(&self, pending: usize) -> FastEnd {
+    pub(crate) fn end_fast(&self, pending: usize) -> (FastEnd, Wakes) {
         let mut result = FastEnd::Finished;
-        let _ = self.update(|s| {
+        let prev = self.update(|s| {
             if s & STOPPED != 0 {
                 result = FastEnd::Stopped;
                 None
@@ -269,15 +361,16 @@ impl TaskCell {
                 Some((s | FINISHED) + pending as u64)
             }
         });
-        result
+        let wakes = prev.ok().and_then(|prev| self.take_waiters(prev));
+        (result, wakes)
     }
 
     /// Marks the outcome decided for a task with a graph node, counting
     /// `pending` queues as `end_fast` does; `false` if it had ended. Called
     /// under the scheduler lock.
-    pub(crate) fn end_promoted(&self, pending: usize) -> bool {
-        self.update(|s| (s & (STOPPED | FINISHED) == 0).then_some((s | FINISHED) + pending as u64))
-            .is_ok()
+    pub(crate) fn end_promoted(&self, pending: usize) -> Option<Wakes> {
+        let prev = self.update(|s| (s & ENDED == 0).then_some((s | FINISHED) + pending as u64));
+        prev.ok().map(|prev| self.take_waiters(prev))
     }
 
     /// Sets `PROMOTED` if the task has not ended; returns the state seen
@@ -306,22 +399,16 @@ impl TaskCell {
     }
 
     /// Settles one queue's copy of the terminal event: `true` if the queue
-    /// may deliver it (invariant 3). The last copy releases the kept outcome.
+    /// may deliver it (invariant 3).
     pub(crate) fn settle(&self) -> bool {
         let prev = self.state.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(prev & PENDING != 0, "settled more copies than were queued");
-        if prev & PENDING == 1 {
-            let mut payload = self.payload.lock();
-            if matches!(*payload, Payload::Done(_)) {
-                *payload = Payload::Empty;
-            }
-        }
         prev & STOPPED == 0
     }
 
     /// Returns the kept outcome of an ended task whose event is pending.
     pub(crate) fn kept_outcome(&self) -> Option<Outcome> {
-        match &*self.payload.lock() {
+        match &self.payload.lock().work {
             Payload::Done(o) => Some(o.clone()),
             _ => None,
         }
@@ -330,15 +417,23 @@ impl TaskCell {
     /// Keeps the outcome for tasks added after this one while its event is
     /// pending (see [`Payload::Done`]).
     pub(crate) fn keep_outcome(&self, outcome: Outcome) {
-        *self.payload.lock() = Payload::Done(outcome);
+        self.payload.lock().work = Payload::Done(outcome);
     }
 
     /// Drops a kept outcome (the task was stopped, or nobody will read it).
     pub(crate) fn clear_outcome(&self) {
-        let mut payload = self.payload.lock();
-        if matches!(*payload, Payload::Done(_)) {
-            *payload = Payload::Empty;
+        let mut slot = self.payload.lock();
+        if matches!(slot.work, Payload::Done(_)) {
+            slot.work = Payload::Empty;
         }
+    }
+}
+
+/// How the task of state `s` ended, given its slot.
+fn end_of(s: u64, slot: &Slot) -> HandleEnd {
+    match (&slot.work, s & STOPPED != 0) {
+        (Payload::Done(outcome), false) => HandleEnd::Outcome(outcome.clone()),
+        _ => HandleEnd::Stopped,
     }
 }
 
@@ -369,17 +464,17 @@ mod tests {
         assert!(c.claim());
         assert!(!c.claim(), "claimed once only");
         assert_eq!(
-            c.stop(),
+            c.stop().0,
             StopFound::Unfinished {
                 claimed: true,
                 in_ready: false
             }
         );
-        assert_eq!(c.end_fast(0), FastEnd::Stopped);
+        assert_eq!(c.end_fast(0).0, FastEnd::Stopped);
         assert!(c.is_dead());
         let c = cell();
         assert_eq!(
-            c.stop(),
+            c.stop().0,
             StopFound::Unfinished {
                 claimed: false,
                 in_ready: false
@@ -393,9 +488,9 @@ mod tests {
     fn finish_and_stop_exclude_each_other() {
         let c = cell();
         assert!(c.claim());
-        assert_eq!(c.end_fast(0), FastEnd::Finished);
+        assert_eq!(c.end_fast(0).0, FastEnd::Finished);
         assert!(c.is_dead(), "no queue holds its event");
-        assert_eq!(c.stop(), StopFound::NotLive);
+        assert_eq!(c.stop().0, StopFound::NotLive);
         assert!(!c.is_stopped());
     }
 
@@ -403,26 +498,30 @@ mod tests {
     fn a_queued_copy_is_delivered_or_stopped_never_both() {
         let c = cell();
         assert!(c.claim());
-        assert_eq!(c.end_fast(2), FastEnd::Finished);
+        assert_eq!(c.end_fast(2).0, FastEnd::Finished);
         assert!(!c.is_dead());
         assert!(c.settle(), "first queue delivers");
-        assert_eq!(c.stop(), StopFound::Finished, "second queue still holds it");
+        assert_eq!(
+            c.stop().0,
+            StopFound::Finished,
+            "second queue still holds it"
+        );
         assert!(!c.settle(), "second queue must discard");
-        assert_eq!(c.stop(), StopFound::NotLive);
+        assert_eq!(c.stop().0, StopFound::NotLive);
     }
 
     #[test]
     fn promotion_only_before_the_end() {
         let c = cell();
         assert_eq!(c.promote(), Ok(()));
-        assert_eq!(c.end_fast(1), FastEnd::Promoted);
+        assert_eq!(c.end_fast(1).0, FastEnd::Promoted);
         assert!(!c.has_pending(), "a declined end counts nothing");
-        assert!(c.end_promoted(0));
-        assert!(!c.end_promoted(0), "ends once");
+        assert!(c.end_promoted(0).is_some());
+        assert!(c.end_promoted(0).is_none(), "ends once");
         assert_eq!(cell().promote(), Ok(()));
         let d = cell();
         assert!(d.claim());
-        assert_eq!(d.end_fast(1), FastEnd::Finished);
+        assert_eq!(d.end_fast(1).0, FastEnd::Finished);
         assert_eq!(d.promote(), Err(Ended::FinishedPending));
         assert!(d.settle());
         assert_eq!(d.promote(), Err(Ended::Delivered));

@@ -38,3 +38,22 @@ pub enum Error {
         message: String,
     },
 }
+
+/// Why a [`TaskHandle`](crate::TaskHandle) has no result to give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task returned `Err`, panicked, or had an upstream task fail; the
+    /// same message and traceback as its [`Event::Failed`](crate::Event::Failed).
+    #[error("the task failed: {message}")]
+    Failed {
+        /// The error's `Display` text or the panic message.
+        message: String,
+        /// Where it failed (never empty).
+        traceback: String,
+    },
+    /// The task was stopped, or its manager shut down, before its outcome
+    /// was delivered; it may not have run at all.
+    #[error("the task was stopped before it delivered a result; add it again to run it")]
+    Stopped,
+}

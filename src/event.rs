@@ -54,6 +54,31 @@ impl Event {
         }
     }
 
+    /// Returns the result of a [`Event::Completed`] if it has type `T`;
+    /// `None` for other events or another type.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::TaskManager;
+    /// use std::convert::Infallible;
+    /// use std::time::Duration;
+    ///
+    /// let manager = TaskManager::builder().start_processing(true).build()?;
+    /// let events = manager.subscribe();
+    /// manager.add_task(|_| Ok::<_, Infallible>(String::from("thumb.png")))?;
+    /// let event = events.recv_timeout(Duration::from_secs(10)).unwrap();
+    /// assert_eq!(event.result::<String>().map(String::as_str), Some("thumb.png"));
+    /// assert_eq!(event.result::<u32>(), None);
+    /// # Ok::<(), bgtask::Error>(())
+    /// ```
+    pub fn result<T: std::any::Any>(&self) -> Option<&T> {
+        match self {
+            Event::Completed { result, .. } => result.downcast_ref::<T>(),
+            _ => None,
+        }
+    }
+
     /// Returns the group the event is about, if any.
     pub fn group(&self) -> Option<&Group> {
         match self {

@@ -220,7 +220,7 @@ mod worker;
 mod tests;
 
 pub use builder::Builder;
-pub use error::Error;
+pub use error::{Error, TaskError};
 pub use event::Event;
 pub use handle::TaskHandle;
 pub use id::{Group, TaskId};

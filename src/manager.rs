@@ -58,7 +58,7 @@ use crossbeam_queue::SegQueue;
 use smallvec::SmallVec;
 
 use crate::builder::Builder;
-use crate::cell::{FastEnd, Input, Outcome, TaskCell};
+use crate::cell::{wake_all, FastEnd, Input, Outcome, TaskCell, Waiter};
 use crate::error::Error;
 use crate::group::GroupTable;
 use crate::handle::TaskHandle;
@@ -81,15 +81,18 @@ static NEXT_MANAGER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// The hint's value when the locked ready queue is empty.
 const NOTHING_LOCKED: i64 = i64::MIN;
 
-/// Jobs to drop once the lock is released (their captures' `Drop` is user code).
+/// Jobs to drop, and waiters to wake, once the lock is released (a
+/// job's captures' `Drop` and a waker are user code).
 #[derive(Default)]
-pub(crate) struct Garbage(Vec<Job>);
+pub(crate) struct Garbage(Vec<Job>, Vec<Waiter>);
 
 impl Drop for Garbage {
     fn drop(&mut self) {
         for job in self.0.drain(..) {
             unwind::contain(move || drop(job));
         }
+        let wakes = std::mem::take(&mut self.1);
+        unwind::contain(move || wake_all(Some(Box::new(wakes))));
     }
 }
 
@@ -144,6 +147,7 @@ impl Drop for Locked<'_> {
         // invariant 1).
         self.hint
             .store(self.guard.best_priority(), Ordering::SeqCst);
+        self.garbage.1.append(&mut self.guard.wakes);
         if !self.guard.out.is_empty() {
             let mut em = self.emitter.lock();
             for env in self.guard.out.drain(..) {
@@ -247,7 +251,7 @@ impl Shared {
         group: Option<Group>,
         after: SmallVec<[TaskId; 2]>,
         kwargs: Kwargs,
-    ) -> Result<TaskId, Error> {
+    ) -> Result<(TaskId, Arc<TaskCell>), Error> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
@@ -275,13 +279,16 @@ impl Shared {
         let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
         let cell = Arc::new(TaskCell::new(seq, priority, group, job, None, true));
         GroupTable::add_member(&cell);
-        let failed = st.insert(&self.env(), cell, kwargs, upstream);
+        let failed = st.insert(&self.env(), Arc::clone(&cell), kwargs, upstream);
         st.discard(failed);
         self.dispatch(&mut st);
-        Ok(TaskId {
-            seq,
-            manager: self.manager_id,
-        })
+        Ok((
+            TaskId {
+                seq,
+                manager: self.manager_id,
+            },
+            cell,
+        ))
     }
 
     /// After a push to the inbox: takes the lock (which drains the inbox)
@@ -310,7 +317,7 @@ impl Shared {
         priority: i32,
         group: Option<Group>,
         kwargs: Kwargs,
-    ) -> TaskId {
+    ) -> (TaskId, Arc<TaskCell>) {
         let group = group.map(|g| self.groups.join(g));
         let input = (!kwargs.is_empty()).then(|| {
             Box::new(Input {
@@ -334,10 +341,10 @@ impl Shared {
             manager: self.manager_id,
         };
         if priority != 0 {
-            self.inbox.push(cell);
+            self.inbox.push(Arc::clone(&cell));
         }
         self.after_inbox_push();
-        id
+        (id, cell)
     }
 
     /// Hands ready tasks to idle workers, starting workers as needed, while
@@ -534,12 +541,11 @@ impl Shared {
     fn end_fast(self: &Arc<Self>, cell: &Arc<TaskCell>, outcome: Outcome) {
         let mut em = self.emitter.lock();
         let n = em.fan_out();
-        if n > 0 {
-            // Before FINISHED is visible: a task added after this one reads
-            // it (cell invariant 1, `State::insert`).
-            cell.keep_outcome(outcome.clone());
-        }
-        match cell.end_fast(n) {
+        // Before FINISHED is visible: handles, and a task added after this
+        // one, read it (cell invariants 1 and 8, `State::insert`).
+        cell.keep_outcome(outcome.clone());
+        let (ended, wakes) = cell.end_fast(n);
+        match ended {
             FastEnd::Finished => {
                 if n > 0 {
                     let event = terminal_event(cell, &outcome, self.manager_id);
@@ -552,6 +558,7 @@ impl Shared {
                 }
                 let notifier = em.take_notify();
                 drop(em);
+                wake_all(wakes);
                 if let Some(n) = notifier {
                     unwind::contain(|| n());
                 }

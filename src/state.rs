@@ -35,7 +35,7 @@ use std::mem;
 use crossbeam_queue::SegQueue;
 use smallvec::SmallVec;
 
-use crate::cell::{Ended, Input, Outcome, Payload, StopFound, TaskCell};
+use crate::cell::{Ended, Input, Outcome, Payload, StopFound, TaskCell, Waiter};
 use crate::event::Event;
 use crate::id::TaskId;
 use crate::kwargs::Kwargs;
@@ -155,6 +155,9 @@ pub(crate) struct State {
     manager: u64,
     /// How many subscriptions each event goes to (emitter invariant 1).
     pub(crate) fan_out: usize,
+    /// Waiters of tasks that ended in this critical section, woken after
+    /// the lock is released.
+    pub(crate) wakes: Vec<Waiter>,
     /// Events decided in this critical section, queued in every
     /// subscription just before the lock is released (after the worker that
     /// decided them has taken its next task or gone idle, so that an owner
@@ -177,6 +180,7 @@ impl State {
             manager,
             fan_out: 0,
             out: Vec::new(),
+            wakes: Vec::new(),
         }
     }
 
@@ -417,13 +421,12 @@ impl State {
     /// `false` if it had ended already.
     fn end_and_emit(&mut self, cell: &Arc<TaskCell>, outcome: &Outcome) -> bool {
         let n = self.fan_out;
-        if n > 0 {
-            cell.keep_outcome(outcome.clone());
-        }
-        if !cell.end_promoted(n) {
+        cell.keep_outcome(outcome.clone());
+        let Some(wakes) = cell.end_promoted(n) else {
             cell.clear_outcome();
             return false;
-        }
+        };
+        self.wakes.extend(wakes.into_iter().flat_map(|b| *b));
         if n > 0 {
             let event = terminal_event(cell, outcome, self.manager);
             self.out.push(Envelope::terminal(event, cell));
@@ -476,7 +479,8 @@ impl State {
             if !seen.insert(cell.seq) {
                 continue;
             }
-            let found = cell.stop();
+            let (found, wakes) = cell.stop();
+            self.wakes.extend(wakes.into_iter().flat_map(|b| *b));
             if found == StopFound::NotLive {
                 continue;
             }
@@ -552,7 +556,7 @@ fn hand_over_input(node: &mut Node) {
     if input.kwargs.is_empty() && input.upstream.is_empty() {
         return;
     }
-    if let Payload::Pending { input: slot, .. } = &mut *node.cell.payload.lock() {
+    if let Payload::Pending { input: slot, .. } = &mut node.cell.payload.lock().work {
         *slot = Some(Box::new(input));
     }
 }

@@ -291,7 +291,7 @@ impl<'a> TaskBuilder<'a> {
                     Err(failure) => Err(failure),
                 },
             );
-        self.submit(job).map(TaskHandle::new)
+        self.submit(job).map(|(id, cell)| TaskHandle::new(id, cell))
     }
 
     /// Adds a pass-through task: it does no work, and completes with its
@@ -305,11 +305,11 @@ impl<'a> TaskBuilder<'a> {
     /// As [`spawn`](Self::spawn).
     pub fn spawn_pass_through(self) -> Result<TaskHandle<Kwargs>, Error> {
         let job: Job = Box::new(|ctx: &TaskContext| Ok(TaskResult::new(ctx.kwargs().clone())));
-        self.submit(job).map(TaskHandle::new)
+        self.submit(job).map(|(id, cell)| TaskHandle::new(id, cell))
     }
 
     /// Hands the task to the manager.
-    fn submit(self, job: Job) -> Result<TaskId, Error> {
+    fn submit(self, job: Job) -> Result<(TaskId, Arc<TaskCell>), Error> {
         let TaskBuilder {
             manager,
             priority,

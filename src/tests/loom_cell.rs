@@ -20,14 +20,14 @@ fn loom_finish_vs_stop() {
         let worker = {
             let (cell, queue) = (Arc::clone(&cell), Arc::clone(&queue));
             thread::spawn(move || {
-                let ended = cell.end_fast(1);
+                let (ended, _) = cell.end_fast(1);
                 if ended == FastEnd::Finished {
                     *queue.lock().unwrap() += 1;
                 }
                 ended
             })
         };
-        let stop = cell.stop();
+        let (stop, _) = cell.stop();
         let ended = worker.join().unwrap();
         let queued = *queue.lock().unwrap();
         match stop {
@@ -55,12 +55,12 @@ fn loom_finish_vs_stop() {
 fn loom_stop_vs_drain() {
     loom::model(|| {
         let cell = claimed(1);
-        assert_eq!(cell.end_fast(1), FastEnd::Finished);
+        assert_eq!(cell.end_fast(1).0, FastEnd::Finished);
         let drain = {
             let cell = Arc::clone(&cell);
             thread::spawn(move || cell.settle())
         };
-        let stop = cell.stop();
+        let (stop, _) = cell.stop();
         let delivered = drain.join().unwrap();
         match stop {
             StopFound::Finished => assert!(!delivered, "stopped, yet delivered"),
@@ -84,7 +84,7 @@ fn loom_finish_vs_shut_down() {
         let worker = {
             let (cell, queue) = (Arc::clone(&cell), Arc::clone(&queue));
             thread::spawn(move || {
-                if cell.end_fast(1) == FastEnd::Finished {
+                if cell.end_fast(1).0 == FastEnd::Finished {
                     *queue.lock().unwrap() += 1;
                 }
             })
@@ -106,7 +106,7 @@ fn loom_finish_vs_shut_down() {
                 cell.settle()
             })
         };
-        let stop = cell.stop();
+        let (stop, _) = cell.stop();
         closed.store(true, Ordering::Release);
         worker.join().unwrap();
         let delivered = owner.join().unwrap();

@@ -63,10 +63,10 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
         let next = st.pop_ready(&fifo).expect("the downstream task is ready");
         assert!(Arc::ptr_eq(&next, &d));
         assert!(st.pop_ready(&fifo).is_none());
-        let payload = d.payload.lock();
+        let slot = d.payload.lock();
         let Payload::Pending {
             input: Some(input), ..
-        } = &*payload
+        } = &slot.work
         else {
             panic!("the downstream task did not receive its input");
         };
