@@ -2,6 +2,7 @@
 
 use crate::error::Error;
 use crate::manager::TaskManager;
+use crate::worker_state::{self, MaybeFactory};
 
 /// Configures a [`TaskManager`]; created by [`TaskManager::builder`].
 ///
@@ -24,6 +25,8 @@ pub struct Builder {
     pub(crate) start_processing: bool,
     /// Prefix of worker thread names.
     pub(crate) thread_name: String,
+    /// Makes each worker's state, if set.
+    pub(crate) worker_state: MaybeFactory,
 }
 
 impl Default for Builder {
@@ -32,6 +35,7 @@ impl Default for Builder {
             max_threads: 8,
             start_processing: false,
             thread_name: String::from("bgtask-worker"),
+            worker_state: MaybeFactory::default(),
         }
     }
 }
@@ -56,6 +60,46 @@ impl Builder {
     /// `"{prefix}-{index}"`. Default `"bgtask-worker"`.
     pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
         self.thread_name = prefix.into();
+        self
+    }
+
+    /// Gives every worker thread its own `S`, made by `make` the first time
+    /// a task on that worker asks for it with
+    /// [`TaskContext::worker_state`](crate::TaskContext::worker_state), and
+    /// dropped when the worker thread ends (at shut-down). The usual use is
+    /// one connection per worker to a service whose client is not thread
+    /// safe. `make` runs on the worker thread, inside the task that asked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::TaskManager;
+    /// use std::convert::Infallible;
+    ///
+    /// struct Connection { queries: u32 }
+    ///
+    /// let manager = TaskManager::builder()
+    ///     .max_threads(1)
+    ///     .start_processing(true)
+    ///     .worker_state(|| Connection { queries: 0 })
+    ///     .build()?;
+    /// let mut last = None;
+    /// for _ in 0..3 {
+    ///     last = Some(manager.add_task(|ctx| {
+    ///         let conn = ctx.worker_state::<Connection>().expect("configured");
+    ///         conn.borrow_mut().queries += 1;
+    ///         let n = conn.borrow().queries;
+    ///         Ok::<_, Infallible>(n)
+    ///     })?);
+    /// }
+    /// assert_eq!(*last.unwrap().wait()?, 3); // one worker, one connection
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn worker_state<S: 'static>(
+        mut self,
+        make: impl Fn() -> S + Send + Sync + 'static,
+    ) -> Self {
+        self.worker_state = MaybeFactory(Some(worker_state::factory(make)));
         self
     }
 

@@ -44,7 +44,7 @@ use smallvec::SmallVec;
 use crate::group::GroupState;
 use crate::kwargs::Kwargs;
 use crate::result::TaskResult;
-use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
+use crate::sync::{Arc, AtomicI32, AtomicU64, Mutex, Ordering};
 use crate::task::Job;
 use crate::unwind::Failure;
 
@@ -181,8 +181,11 @@ pub(crate) enum FastEnd {
 pub(crate) struct TaskCell {
     /// Sequence number (its `TaskId` within the manager).
     pub(crate) seq: u64,
-    /// Higher runs first.
-    pub(crate) priority: i32,
+    /// Higher runs first; changed by `set_priority` under the scheduler lock.
+    priority: AtomicI32,
+    /// When the task was added, for its tracing span (0: not traced).
+    #[cfg(feature = "tracing")]
+    pub(crate) queued_at: u64,
     /// The task's group, if any.
     pub(crate) group: Option<Arc<GroupState>>,
     /// Flags and pending count (module invariants).
@@ -195,7 +198,7 @@ impl fmt::Debug for TaskCell {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskCell")
             .field("seq", &self.seq)
-            .field("priority", &self.priority)
+            .field("priority", &self.priority())
             .field(
                 "state",
                 &format_args!("{:#x}", self.state.load(Ordering::Relaxed)),
@@ -217,7 +220,9 @@ impl TaskCell {
     ) -> Self {
         TaskCell {
             seq,
-            priority,
+            priority: AtomicI32::new(priority),
+            #[cfg(feature = "tracing")]
+            queued_at: crate::trace::queued_at(),
             group,
             state: AtomicU64::new(if promoted { PROMOTED } else { 0 }),
             payload: Mutex::new(Slot {
@@ -225,6 +230,16 @@ impl TaskCell {
                 waiters: None,
             }),
         }
+    }
+
+    /// Returns the task's priority.
+    pub(crate) fn priority(&self) -> i32 {
+        self.priority.load(Ordering::Relaxed)
+    }
+
+    /// Changes the task's priority (scheduler lock held).
+    pub(crate) fn set_priority(&self, p: i32) {
+        self.priority.store(p, Ordering::Relaxed);
     }
 
     /// Reads the flags.
@@ -268,8 +283,28 @@ impl TaskCell {
     /// Takes the task for a worker to run; `false` if it was stopped
     /// (invariant 5).
     pub(crate) fn claim(&self) -> bool {
-        self.update(|s| (s & (STOPPED | CLAIMED | FINISHED) == 0).then_some(s | CLAIMED))
+        // IN_READY: a FIFO entry whose task `set_priority` moved to the
+        // locked queue is stale; the locked queue clears it before claiming.
+        self.update(|s| (s & (ENDED | CLAIMED | IN_READY) == 0).then_some(s | CLAIMED))
             .is_ok()
+    }
+
+    /// Moves a task waiting in the FIFO to the locked queue (`set_priority`):
+    /// sets `IN_READY` unless a worker claimed it or it ended. Scheduler
+    /// lock held.
+    pub(crate) fn move_to_ready(&self) -> bool {
+        self.update(|s| (s & (ENDED | CLAIMED | IN_READY) == 0).then_some(s | IN_READY))
+            .is_ok()
+    }
+
+    /// Returns `true` if a worker took the task and it has not ended.
+    pub(crate) fn is_running(&self) -> bool {
+        self.load() & (CLAIMED | ENDED) == CLAIMED
+    }
+
+    /// Returns `true` if the task ended (finished or stopped).
+    pub(crate) fn is_ended(&self) -> bool {
+        self.load() & ENDED != 0
     }
 
     /// Undoes `claim` for a task no worker could take (under the scheduler lock).

@@ -210,11 +210,14 @@ mod ready;
 mod registry;
 mod result;
 mod state;
+mod stats;
 mod subscription;
 mod sync;
 mod task;
+mod trace;
 mod unwind;
 mod worker;
+mod worker_state;
 
 #[cfg(all(test, bgtask_loom))]
 mod tests;
@@ -227,6 +230,7 @@ pub use id::{Group, TaskId};
 pub use kwargs::Kwargs;
 pub use manager::TaskManager;
 pub use result::TaskResult;
+pub use stats::{GroupStats, Stats, TaskCounts, TaskState};
 pub use subscription::{RecvError, RecvTimeoutError, Subscription, TryRecvError};
 pub use task::{TaskBuilder, TaskContext};
 

@@ -66,11 +66,13 @@ use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
 use crate::state::{terminal_event, Env, Ids, Mode, State, WorkerSlot};
+use crate::stats::{Stats, TaskState};
 use crate::subscription::{self, Emitter, Envelope, Subscription};
 use crate::sync::{
     fence, Arc, AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
 };
 use crate::task::{Job, TaskBuilder, TaskContext};
+use crate::trace::TaskSpan;
 use crate::unwind;
 use crate::worker;
 
@@ -208,10 +210,14 @@ pub(crate) struct Shared {
     pub(crate) manager_id: u64,
     /// Signalled when the manager may have become idle.
     idle_cv: Condvar,
-    /// Most tasks running at once.
-    max_threads: usize,
+    /// Most tasks running at once (`set_max_threads` changes it).
+    max_threads: AtomicUsize,
+    /// Mirror of `State::alive`.
+    alive: AtomicUsize,
     /// Worker thread name prefix.
     thread_name: String,
+    /// Makes each worker's state (`Builder::worker_state`).
+    pub(crate) worker_state: Option<crate::worker_state::Factory>,
 }
 
 impl Shared {
@@ -351,7 +357,8 @@ impl Shared {
     /// processing is on. A worker is woken only with a task in hand.
     pub(crate) fn dispatch(self: &Arc<Self>, st: &mut Locked<'_>) {
         if st.mode == Mode::Processing {
-            while !st.idle.is_empty() || st.workers.len() < self.max_threads {
+            let max = self.max_threads.load(Ordering::SeqCst);
+            while !st.idle.is_empty() || st.alive < max {
                 let Some(cell) = st.pop_ready(&self.fifo) else {
                     break;
                 };
@@ -374,8 +381,9 @@ impl Shared {
             }
         }
         self.idle_workers.store(st.idle.len(), Ordering::SeqCst);
-        self.can_spawn
-            .store(st.workers.len() < self.max_threads, Ordering::SeqCst);
+        let max = self.max_threads.load(Ordering::SeqCst);
+        self.can_spawn.store(st.alive < max, Ordering::SeqCst);
+        self.alive.store(st.alive, Ordering::SeqCst);
     }
 
     /// Starts a worker thread for slot `workers.len()`; returns its index.
@@ -391,7 +399,9 @@ impl Shared {
                     signal: Arc::new(Condvar::new()),
                     assigned: None,
                     idle: false,
+                    retired: false,
                 });
+                st.alive += 1;
                 st.handles.push(handle);
                 Some(w)
             }
@@ -403,6 +413,13 @@ impl Shared {
     /// Marks worker `w` idle, then gives it work if any arrived meanwhile
     /// (race 1).
     pub(crate) fn go_idle(self: &Arc<Self>, st: &mut Locked<'_>, w: usize) {
+        if st.alive > self.max_threads.load(Ordering::SeqCst) {
+            // The pool shrank: this worker exits instead of waiting.
+            st.workers[w].retired = true;
+            st.alive -= 1;
+            self.alive.store(st.alive, Ordering::SeqCst);
+            return;
+        }
         st.workers[w].idle = true;
         st.idle.push(w);
         self.idle_workers.store(st.idle.len(), Ordering::SeqCst);
@@ -422,7 +439,10 @@ impl Shared {
     /// Takes the next task for a worker that just finished one, without
     /// the lock when it can (module docs). Returns a claimed cell.
     pub(crate) fn next_task(self: &Arc<Self>) -> Option<Arc<TaskCell>> {
-        if !self.processing.load(Ordering::SeqCst) {
+        if !self.processing.load(Ordering::SeqCst)
+            || self.alive.load(Ordering::SeqCst) > self.max_threads.load(Ordering::SeqCst)
+        {
+            // Paused, or the pool shrank: go through `go_idle`.
             return None;
         }
         self.busy.fetch_add(1, Ordering::SeqCst);
@@ -442,7 +462,7 @@ impl Shared {
                     if !self.processing.load(Ordering::SeqCst) {
                         // Paused meanwhile: keep its place, by id, in the locked queue.
                         let mut st = self.lock();
-                        if !cell.is_stopped() && st.mode != Mode::ShutDown {
+                        if !cell.is_stopped() && !cell.is_in_ready() && st.mode != Mode::ShutDown {
                             st.push_ready(cell);
                         }
                         return None;
@@ -499,19 +519,22 @@ impl Shared {
     ) -> Option<Arc<TaskCell>> {
         let Some((job, input)) = cell.take_work() else {
             // Stopped between hand-out and start.
+            let next = self.next_or_idle(w);
             self.busy_done();
-            return self.next_or_idle(w);
+            return next;
         };
         let id = TaskId {
             seq: cell.seq,
             manager: self.manager_id,
         };
         let ctx = TaskContext::new(id, Arc::clone(&cell), input);
-        let outcome = match job(&ctx) {
+        let span = TaskSpan::start(&cell);
+        let outcome = span.run(|| match job(&ctx) {
             Ok(result) => Outcome::Completed(result),
             Err(failure) => Outcome::Failed(Arc::new(failure)),
-        };
+        });
         drop(ctx);
+        span.end(&outcome, cell.is_stopped());
         let next = if cell.is_promoted() {
             self.end_in_graph(&cell, outcome, Some(w))
         } else {
@@ -672,7 +695,7 @@ impl fmt::Debug for TaskManager {
         let shared = &self.handle.shared;
         f.debug_struct("TaskManager")
             .field("id", &shared.manager_id)
-            .field("max_threads", &shared.max_threads)
+            .field("max_threads", &shared.max_threads.load(Ordering::Relaxed))
             .field("processing", &shared.processing.load(Ordering::Relaxed))
             .field("shut_down", &shared.closed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -725,8 +748,10 @@ impl TaskManager {
             next_group: AtomicU64::new(0),
             manager_id,
             idle_cv: Condvar::new(),
-            max_threads: b.max_threads,
+            max_threads: AtomicUsize::new(b.max_threads),
+            alive: AtomicUsize::new(0),
             thread_name: b.thread_name,
+            worker_state: b.worker_state.0,
         };
         TaskManager {
             handle: Arc::new(Handle {
@@ -742,7 +767,123 @@ impl TaskManager {
 
     /// Returns the most tasks that may run at once.
     pub fn max_threads(&self) -> usize {
-        self.shared().max_threads
+        self.shared().max_threads.load(Ordering::SeqCst)
+    }
+
+    /// Changes how many tasks may run at once. Growing starts workers as
+    /// ready tasks need them; shrinking retires idle workers at once and
+    /// lets running tasks finish, their workers retiring as they end.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroThreads`] if `n` is 0 (nothing changes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::TaskManager;
+    ///
+    /// let manager = TaskManager::builder().max_threads(2).build()?;
+    /// manager.set_max_threads(6)?;
+    /// assert_eq!(manager.max_threads(), 6);
+    /// assert!(manager.set_max_threads(0).is_err());
+    /// # Ok::<(), bgtask::Error>(())
+    /// ```
+    pub fn set_max_threads(&self, n: usize) -> Result<(), Error> {
+        if n == 0 {
+            return Err(Error::ZeroThreads);
+        }
+        let shared = self.shared();
+        let mut st = shared.lock();
+        shared.max_threads.store(n, Ordering::SeqCst);
+        while st.alive > n {
+            let Some(w) = st.idle.pop() else { break };
+            let slot = &mut st.workers[w];
+            slot.idle = false;
+            slot.retired = true;
+            slot.signal.notify_one();
+            st.alive -= 1;
+        }
+        shared.dispatch(&mut st);
+        Ok(())
+    }
+
+    /// Changes the priority of a task that has not started yet, in
+    /// O(log n). A queued task takes its new place at once; among equal
+    /// priorities it keeps its original place by the order tasks were
+    /// added. A blocked task still waits for its upstream tasks and takes
+    /// its place when released. Returns `false` (and changes nothing) if
+    /// the task is running, ended, or unknown.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::TaskManager;
+    /// use std::convert::Infallible;
+    /// use std::time::Duration;
+    ///
+    /// let manager = TaskManager::builder().max_threads(1).build()?; // paused
+    /// let events = manager.subscribe();
+    /// let a = manager.add_task(|_| Ok::<_, Infallible>(()))?;
+    /// let b = manager.add_task(|_| Ok::<_, Infallible>(()))?;
+    /// assert!(manager.set_priority(b.id(), 10)); // the user scrolled to b
+    /// manager.start_processing();
+    /// let first = events.recv_timeout(Duration::from_secs(10)).unwrap();
+    /// assert_eq!(first.task_id(), Some(b.id()));
+    /// # let _ = a;
+    /// # Ok::<(), bgtask::Error>(())
+    /// ```
+    pub fn set_priority(&self, id: TaskId, priority: i32) -> bool {
+        let shared = self.shared();
+        if id.manager != shared.manager_id {
+            return false;
+        }
+        let mut st = shared.lock();
+        let Some(cell) = st.find(&shared.env(), id.seq) else {
+            return false;
+        };
+        let changed = st.reprioritize(&cell, priority);
+        shared.dispatch(&mut st);
+        changed
+    }
+
+    /// Returns a snapshot of the manager: tasks queued, blocked and
+    /// running, overall and per group, and the number of worker threads.
+    /// Takes the scheduler lock and counts every live task (O(n)); meant
+    /// for dashboards and tests, not for every frame of a busy UI.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::TaskManager;
+    /// use std::convert::Infallible;
+    ///
+    /// let manager = TaskManager::new(); // paused
+    /// let a = manager.task().group("views").spawn(|_| Ok::<_, Infallible>(()))?;
+    /// manager.task().group("views").after([&a]).spawn(|_| Ok::<_, Infallible>(()))?;
+    /// let stats = manager.stats();
+    /// assert_eq!((stats.tasks.queued, stats.tasks.blocked, stats.tasks.running), (1, 1, 0));
+    /// assert_eq!(stats.groups[0].tasks.blocked, 1);
+    /// assert_eq!(stats.workers, 0); // no thread until a task can start
+    /// # Ok::<(), bgtask::Error>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let shared = self.shared();
+        let st = shared.lock();
+        st.stats(&shared.env())
+    }
+
+    /// Returns whether task `id` is queued, blocked or running; `None` once
+    /// it ended (completed, failed or stopped), or if this manager never
+    /// issued it. O(log n).
+    pub fn task_state(&self, id: TaskId) -> Option<TaskState> {
+        let shared = self.shared();
+        if id.manager != shared.manager_id {
+            return None;
+        }
+        let st = shared.lock();
+        let cell = st.find(&shared.env(), id.seq)?;
+        st.classify(&cell)
     }
 
     /// Adds a task with default settings (priority 0, no group, no upstream,

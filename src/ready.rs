@@ -95,23 +95,27 @@ impl ReadyQueue {
         }
     }
 
-    /// Pops the best entry for which `take` succeeds, discarding the others.
-    pub(crate) fn pop(&mut self, mut take: impl FnMut(&TaskCell) -> bool) -> Option<Arc<TaskCell>> {
+    /// Pops the best entry for which `take(cell, priority it was queued at)`
+    /// succeeds, discarding the others.
+    pub(crate) fn pop(
+        &mut self,
+        mut take: impl FnMut(&TaskCell, i32) -> bool,
+    ) -> Option<Arc<TaskCell>> {
         loop {
             let best = self.levels.first_key_value().map(|(Reverse(p), _)| *p);
-            let popped = match best {
+            let (popped, priority) = match best {
                 Some(p) if p > 0 || self.zero.is_empty() => {
                     let mut entry = self.levels.first_entry().expect("non-empty");
                     let popped = entry.get_mut().pop();
                     if entry.get().is_empty() {
                         entry.remove();
                     }
-                    popped
+                    (popped, p)
                 }
-                _ => Some(self.zero.pop()?),
+                _ => (Some(self.zero.pop()?), 0),
             };
             if let Some(cell) = popped {
-                if take(&cell) {
+                if take(&cell, priority) {
                     return Some(cell);
                 }
             }
@@ -146,7 +150,7 @@ mod tests {
     }
 
     fn drain(q: &mut ReadyQueue) -> Vec<u64> {
-        std::iter::from_fn(|| q.pop(|_| true))
+        std::iter::from_fn(|| q.pop(|_, _| true))
             .map(|c| c.seq)
             .collect()
     }
@@ -179,8 +183,8 @@ mod tests {
         for seq in 0..6 {
             q.push((seq % 2) as i32, cell(seq));
         }
-        assert_eq!(q.pop(|c| c.seq != 1).map(|c| c.seq), Some(3));
-        assert_eq!(q.pop(|c| c.seq != 5).map(|c| c.seq), Some(0));
+        assert_eq!(q.pop(|c, _| c.seq != 1).map(|c| c.seq), Some(3));
+        assert_eq!(q.pop(|c, _| c.seq != 5).map(|c| c.seq), Some(0));
         assert_eq!(drain(&mut q), vec![2, 4]);
         assert!(q.levels.is_empty() && q.zero.is_empty());
     }

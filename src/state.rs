@@ -37,9 +37,10 @@ use smallvec::SmallVec;
 
 use crate::cell::{Ended, Input, Outcome, Payload, StopFound, TaskCell, Waiter};
 use crate::event::Event;
-use crate::id::TaskId;
+use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
+use crate::stats::{GroupStats, Stats, TaskState};
 use crate::subscription::Envelope;
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::task::Job;
@@ -116,6 +117,8 @@ pub(crate) struct WorkerSlot {
     pub(crate) assigned: Option<Arc<TaskCell>>,
     /// `true` while the worker waits for an assignment (it is then in `idle`).
     pub(crate) idle: bool,
+    /// `true` once the worker must exit (`set_max_threads` shrank the pool).
+    pub(crate) retired: bool,
 }
 
 /// The other locked structures a graph transition touches.
@@ -149,6 +152,8 @@ pub(crate) struct State {
     pub(crate) workers: Vec<WorkerSlot>,
     /// Indices of idle workers, most recently idle last.
     pub(crate) idle: Vec<usize>,
+    /// Worker threads not retired (slots in `workers` minus retired ones).
+    pub(crate) alive: usize,
     /// Join handles of worker threads not yet joined.
     pub(crate) handles: Vec<std::thread::JoinHandle<()>>,
     /// The manager's id, part of every `TaskId`.
@@ -176,6 +181,7 @@ impl State {
             finished: VecDeque::new(),
             workers: Vec::new(),
             idle: Vec::new(),
+            alive: 0,
             handles: Vec::new(),
             manager,
             fan_out: 0,
@@ -194,7 +200,7 @@ impl State {
     pub(crate) fn push_ready(&mut self, cell: Arc<TaskCell>) {
         cell.set_in_ready(true);
         self.queued += 1;
-        self.ready.push(cell.priority, cell);
+        self.ready.push(cell.priority(), cell);
     }
 
     /// Takes the best ready task and claims it for a worker. Compares the
@@ -205,13 +211,18 @@ impl State {
             if self.ready.best_priority().is_none_or(|p| p <= 0) {
                 // The FIFO's first live entry, if any, competes by id.
                 while let Some(cell) = fifo.pop() {
-                    if !cell.is_stopped() {
+                    // Skip stopped tasks and those `set_priority` moved here.
+                    if !cell.is_stopped() && !cell.is_in_ready() {
                         self.push_ready(cell);
                         break;
                     }
                 }
             }
-            let cell = self.ready.pop(TaskCell::is_in_ready)?;
+            // An entry is live while its cell is in the queue and still has
+            // the priority it was queued at (`set_priority` re-queues).
+            let cell = self
+                .ready
+                .pop(|c, p| c.is_in_ready() && c.priority() == p)?;
             cell.set_in_ready(false);
             self.queued -= 1;
             // In the queue and not stopped (stops clear IN_READY under this lock).
@@ -219,6 +230,78 @@ impl State {
                 return Some(cell);
             }
         }
+    }
+
+    /// Changes the priority of a task that has not started; `false` if it
+    /// started or ended. A queued task takes its new place at once (by its
+    /// original id among equal priorities); a blocked one when released.
+    pub(crate) fn reprioritize(&mut self, cell: &Arc<TaskCell>, priority: i32) -> bool {
+        if cell.is_ended() || cell.is_running() {
+            return false;
+        }
+        if self.nodes.get(&cell.seq).is_some_and(|n| n.waiting_on > 0) {
+            cell.set_priority(priority);
+            return true;
+        }
+        if cell.is_in_ready() {
+            // The old entry goes stale: its priority no longer matches.
+            cell.set_priority(priority);
+            self.ready.push(priority, Arc::clone(cell));
+            return true;
+        }
+        // In the FIFO: mark it moved, so the FIFO entry goes stale.
+        if !cell.move_to_ready() {
+            return false;
+        }
+        cell.set_priority(priority);
+        self.queued += 1;
+        self.ready.push(priority, Arc::clone(cell));
+        true
+    }
+
+    /// How a live task stands: queued, blocked or running.
+    pub(crate) fn classify(&self, cell: &TaskCell) -> Option<TaskState> {
+        if cell.is_ended() {
+            None
+        } else if cell.is_running() {
+            Some(TaskState::Running)
+        } else if self.nodes.get(&cell.seq).is_some_and(|n| n.waiting_on > 0) {
+            Some(TaskState::Blocked)
+        } else {
+            Some(TaskState::Queued)
+        }
+    }
+
+    /// Counts every live task by state, overall and per group. O(n).
+    pub(crate) fn stats(&self, env: &Env<'_>) -> Stats {
+        let mut stats = Stats {
+            workers: self.alive,
+            ..Stats::default()
+        };
+        let mut groups: HashMap<Group, GroupStats> = HashMap::new();
+        for cell in self.all_live(env) {
+            let Some(state) = self.classify(&cell) else {
+                continue;
+            };
+            let group = cell.group.as_ref().map(|g| {
+                groups
+                    .entry(g.key.clone())
+                    .or_insert_with(|| GroupStats::new(g.key.clone()))
+            });
+            for counts in [Some(&mut stats.tasks), group.map(|g| &mut g.tasks)]
+                .into_iter()
+                .flatten()
+            {
+                match state {
+                    TaskState::Queued => counts.queued += 1,
+                    TaskState::Blocked => counts.blocked += 1,
+                    TaskState::Running => counts.running += 1,
+                }
+            }
+        }
+        stats.groups = groups.into_values().collect();
+        stats.groups.sort_by(|a, b| a.group.cmp(&b.group));
+        stats
     }
 
     /// Puts back a claimed cell that no worker could take (a worker thread

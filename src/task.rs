@@ -88,6 +88,16 @@ impl TaskContext {
         self.input.as_ref().map_or(&EMPTY, |i| &i.kwargs)
     }
 
+    /// Returns this worker thread's state of type `S`, made on the first
+    /// call on this worker by the factory given to
+    /// [`Builder::worker_state`](crate::Builder::worker_state); `None` if no
+    /// factory was given or it makes another type. The state lives as long
+    /// as the worker thread: later tasks on the same worker get the same
+    /// value.
+    pub fn worker_state<S: 'static>(&self) -> Option<std::rc::Rc<std::cell::RefCell<S>>> {
+        crate::worker_state::get::<S>()
+    }
+
     /// Returns `true` once the task was stopped (by a stop call or by
     /// shut-down). A long task should check it now and then and return
     /// early: its outcome is dropped anyway.

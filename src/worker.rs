@@ -12,6 +12,7 @@ use crate::sync::Arc;
 
 /// Body of worker thread `w` of `shared`.
 pub(crate) fn run(shared: Arc<Shared>, w: usize) {
+    crate::worker_state::install(shared.worker_state.clone());
     let mut task = None;
     loop {
         if let Some(cell) = task.take() {
@@ -24,7 +25,7 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
                 task = Some(cell);
                 break;
             }
-            if st.mode == Mode::ShutDown {
+            if st.mode == Mode::ShutDown || st.workers[w].retired {
                 return;
             }
             if !st.workers[w].idle {
