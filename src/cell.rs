@@ -131,6 +131,12 @@ pub(crate) struct Slot {
     /// and every cell pays for the field (8 bytes instead of 24).
     #[allow(clippy::box_collection)]
     waiters: Option<Box<Vec<Waiter>>>,
+    /// The latest progress the task reported (fraction, message).
+    progress: Option<Box<(f32, String)>>,
+    /// Progress markers queued and not yet opened or dropped; a new report
+    /// queues markers only when this is 0, so each queue holds at most one
+    /// per task, and it delivers the latest report when opened.
+    progress_queued: usize,
 }
 
 /// The part of a cell that moves: the work before the task runs, its
@@ -228,6 +234,8 @@ impl TaskCell {
             payload: Mutex::new(Slot {
                 work: Payload::Pending { job, input },
                 waiters: None,
+                progress: None,
+                progress_queued: 0,
             }),
         }
     }
@@ -439,6 +447,33 @@ impl TaskCell {
         let prev = self.state.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(prev & PENDING != 0, "settled more copies than were queued");
         prev & STOPPED == 0
+    }
+
+    /// Records a progress report; returns `true` if markers must be queued
+    /// in the `n` subscriptions (none is pending), `false` if a pending
+    /// marker will carry it or the task ended. Called under the emit lock.
+    pub(crate) fn queue_progress(&self, fraction: f32, message: String, n: usize) -> bool {
+        let mut slot = self.payload.lock();
+        if self.is_ended() {
+            return false;
+        }
+        slot.progress = Some(Box::new((fraction, message)));
+        if slot.progress_queued > 0 || n == 0 {
+            return false;
+        }
+        slot.progress_queued = n;
+        true
+    }
+
+    /// Settles one queued progress marker: returns the latest report to
+    /// deliver, or `None` if the task was stopped.
+    pub(crate) fn settle_progress(&self) -> Option<(f32, String)> {
+        let mut slot = self.payload.lock();
+        slot.progress_queued -= 1;
+        if self.is_stopped() {
+            return None;
+        }
+        slot.progress.as_deref().cloned()
     }
 
     /// Returns the kept outcome of an ended task whose event is pending.

@@ -29,6 +29,12 @@ pub enum Error {
     /// [`Builder::max_threads`](crate::Builder::max_threads) was given 0.
     #[error("max_threads must be at least 1; pass a positive number of worker threads")]
     ZeroThreads,
+    /// [`TaskManager::set_group_limit`](crate::TaskManager::set_group_limit) was given 0.
+    #[error(
+        "a group limit must be at least 1; to stop a group's tasks use stop_task_group, \
+         to remove the limit use clear_group_limit"
+    )]
+    ZeroLimit,
     /// The operating system refused to start a worker thread.
     #[error(
         "could not start a worker thread ({message}); lower max_threads or free system resources"

@@ -42,6 +42,21 @@ pub enum Event {
         /// The group.
         group: Group,
     },
+    /// A running task reported progress with
+    /// [`TaskContext::report_progress`](crate::TaskContext::report_progress).
+    /// Reports coalesce: a subscription holds at most one `Progress` per
+    /// task, carrying the latest report when it is received, and none is
+    /// delivered for a stopped task or after the task's `Completed`/`Failed`.
+    Progress {
+        /// The task.
+        id: TaskId,
+        /// The task's group, if it had one.
+        group: Option<Group>,
+        /// How far along, from 0.0 to 1.0.
+        fraction: f32,
+        /// What the task is doing.
+        message: String,
+    },
 }
 
 impl Event {
@@ -49,7 +64,9 @@ impl Event {
     /// [`Event::GroupFinished`].
     pub fn task_id(&self) -> Option<TaskId> {
         match self {
-            Event::Completed { id, .. } | Event::Failed { id, .. } => Some(*id),
+            Event::Completed { id, .. } | Event::Failed { id, .. } | Event::Progress { id, .. } => {
+                Some(*id)
+            }
             Event::GroupFinished { .. } => None,
         }
     }
@@ -82,7 +99,9 @@ impl Event {
     /// Returns the group the event is about, if any.
     pub fn group(&self) -> Option<&Group> {
         match self {
-            Event::Completed { group, .. } | Event::Failed { group, .. } => group.as_ref(),
+            Event::Completed { group, .. }
+            | Event::Failed { group, .. }
+            | Event::Progress { group, .. } => group.as_ref(),
             Event::GroupFinished { group } => Some(group),
         }
     }

@@ -7,6 +7,15 @@
 //!    member is added and lowered by whoever ends the member. The party
 //!    that lowers it to 0 by *finishing* a member emits `GroupFinished`,
 //!    under the emit lock, right after that member's own event.
+//! 3. `running` counts members a worker claimed and admitted and has not
+//!    finished with. With a `limit`, a claimed member is admitted only while
+//!    `running < limit`; otherwise it is unclaimed and *held* in `held`.
+//!    A worker done with a member lowers `running` and then, if `held_count`
+//!    says something is held, requeues the best held member. `admit` raises
+//!    `held_count` before it reads `running` and `release` lowers `running`
+//!    before it reads `held_count` (all `SeqCst`, and pushing and popping
+//!    happen under the `held` lock), so a member is never held while a slot
+//!    is free and nobody is left to requeue it.
 //! 2. `members` holds every member that may still be live to the owner,
 //!    weakly (a cell owns its group, not the reverse); departed members are
 //!    dropped when the list has doubled since the last compaction
@@ -17,6 +26,7 @@ use std::fmt;
 
 use crate::cell::TaskCell;
 use crate::id::Group;
+use crate::ready::ReadyQueue;
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering, Weak};
 
 /// One group's shared state.
@@ -28,6 +38,14 @@ pub(crate) struct GroupState {
     /// Possibly live members, and the list length after the last compaction
     /// (invariant 2).
     members: Mutex<(Vec<Weak<TaskCell>>, usize)>,
+    /// Most members that may run at once; 0 for no limit (invariant 3).
+    limit: AtomicUsize,
+    /// Members admitted to run and not yet finished with (invariant 3).
+    running: AtomicUsize,
+    /// Entries in `held`, readable without its lock (invariant 3).
+    held_count: AtomicUsize,
+    /// Members held back by the limit, best (priority, id) first.
+    held: Mutex<ReadyQueue>,
 }
 
 impl fmt::Debug for GroupState {
@@ -62,6 +80,81 @@ impl GroupState {
         self.live.load(Ordering::Acquire)
     }
 
+    /// Decides whether a member a worker just claimed may run now
+    /// (invariant 3). If not, unclaims it and holds it; returns `false`.
+    pub(crate) fn admit(&self, cell: &Arc<TaskCell>) -> bool {
+        let limit = self.limit.load(Ordering::SeqCst);
+        let before = self.running.fetch_add(1, Ordering::SeqCst);
+        if limit == 0 || before < limit {
+            return true;
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        let mut held = self.held.lock();
+        self.held_count.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let running = self.running.load(Ordering::SeqCst);
+            let limit = self.limit.load(Ordering::SeqCst);
+            if limit != 0 && running >= limit {
+                break;
+            }
+            // A slot came free meanwhile: take it instead of holding.
+            if self
+                .running
+                .compare_exchange(running, running + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                self.held_count.fetch_sub(1, Ordering::SeqCst);
+                return true;
+            }
+        }
+        cell.unclaim();
+        held.push(cell.priority(), Arc::clone(cell));
+        false
+    }
+
+    /// A worker is done with a member it was admitted to run: frees the
+    /// slot and returns a held member to queue again, if one is held and
+    /// there is room (invariant 3).
+    pub(crate) fn release(&self) -> Option<Arc<TaskCell>> {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.requeue_one()
+    }
+
+    /// Takes the best held member if there is room for it.
+    pub(crate) fn requeue_one(&self) -> Option<Arc<TaskCell>> {
+        if self.held_count.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let mut held = self.held.lock();
+        let limit = self.limit.load(Ordering::SeqCst);
+        if limit != 0 && self.running.load(Ordering::SeqCst) >= limit {
+            return None;
+        }
+        while let Some(cell) = held.pop(|c, p| c.priority() == p) {
+            self.held_count.fetch_sub(1, Ordering::SeqCst);
+            if !cell.is_ended() {
+                return Some(cell);
+            }
+        }
+        None
+    }
+
+    /// Sets the limit (0: none).
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::SeqCst);
+    }
+
+    /// Undoes an admission whose task went back to the ready queue.
+    pub(crate) fn unadmit(&self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Drops every held member (shut-down).
+    pub(crate) fn clear_held(&self) {
+        self.held.lock().clear();
+        self.held_count.store(0, Ordering::SeqCst);
+    }
+
     /// Compacts the member list; returns `true` if a member may be live.
     fn has_possibly_live_members(&self) -> bool {
         let mut members = self.members.lock();
@@ -84,6 +177,9 @@ pub(crate) struct GroupTable {
     /// has doubled since, so a session that makes a group per view does not
     /// grow without bound).
     groups: Mutex<(HashMap<Group, Arc<GroupState>>, usize)>,
+    /// Limits set with `set_group_limit`, kept while the group has no
+    /// state (no live members), so the limit applies to tasks added later.
+    limits: Mutex<HashMap<Group, usize>>,
 }
 
 impl fmt::Debug for GroupTable {
@@ -106,10 +202,15 @@ impl GroupTable {
             *pruned = groups.len();
         }
         let state = groups.entry(key).or_insert_with_key(|key| {
+            let limit = self.limits.lock().get(key).copied().unwrap_or(0);
             Arc::new(GroupState {
                 key: key.clone(),
                 live: AtomicUsize::new(0),
                 members: Mutex::new((Vec::new(), 0)),
+                limit: AtomicUsize::new(limit),
+                running: AtomicUsize::new(0),
+                held_count: AtomicUsize::new(0),
+                held: Mutex::new(ReadyQueue::default()),
             })
         });
         state.live.fetch_add(1, Ordering::AcqRel);
@@ -133,8 +234,29 @@ impl GroupTable {
         self.groups.lock().0.get(key).cloned()
     }
 
+    /// Sets (or with 0 removes) the limit of `key`; returns its state, if
+    /// it has one, to apply the new limit to.
+    pub(crate) fn set_limit(&self, key: &Group, limit: usize) -> Option<Arc<GroupState>> {
+        let groups = self.groups.lock();
+        let mut limits = self.limits.lock();
+        if limit == 0 {
+            limits.remove(key);
+        } else {
+            limits.insert(key.clone(), limit);
+        }
+        let state = groups.0.get(key).cloned();
+        if let Some(s) = &state {
+            s.set_limit(limit);
+        }
+        state
+    }
+
     /// Forgets every group.
     pub(crate) fn clear(&self) {
-        self.groups.lock().0.clear();
+        let mut groups = self.groups.lock();
+        for g in groups.0.values() {
+            g.clear_held();
+        }
+        groups.0.clear();
     }
 }

@@ -60,6 +60,7 @@ use smallvec::SmallVec;
 use crate::builder::Builder;
 use crate::cell::{wake_all, FastEnd, Input, Outcome, TaskCell, Waiter};
 use crate::error::Error;
+use crate::event::Event;
 use crate::group::GroupTable;
 use crate::handle::TaskHandle;
 use crate::id::{Group, TaskId};
@@ -467,10 +468,10 @@ impl Shared {
                         }
                         return None;
                     }
-                    if cell.claim() {
+                    if cell.claim() && cell.group.as_ref().is_none_or(|g| g.admit(&cell)) {
                         return Some(cell);
                     }
-                    continue; // stopped while queued
+                    continue; // stopped while queued, or held by its group's limit
                 }
                 if hint == NOTHING_LOCKED && self.inbox.is_empty() {
                     return None;
@@ -519,6 +520,7 @@ impl Shared {
     ) -> Option<Arc<TaskCell>> {
         let Some((job, input)) = cell.take_work() else {
             // Stopped between hand-out and start.
+            self.release_group_slot(&cell);
             let next = self.next_or_idle(w);
             self.busy_done();
             return next;
@@ -542,6 +544,7 @@ impl Shared {
             self.end_fast(&cell, outcome);
             next
         };
+        self.release_group_slot(&cell);
         // After the events are queued: `wait_idle` must not see this worker
         // idle before its task's events can be received.
         self.busy_done();
@@ -626,6 +629,46 @@ impl Shared {
         }
         self.dispatch(&mut st);
         next
+    }
+
+    /// Frees the group slot of a task a worker is done with, requeueing a
+    /// member its group's limit held back.
+    fn release_group_slot(self: &Arc<Self>, cell: &TaskCell) {
+        let Some(held) = cell.group.as_ref().and_then(|g| g.release()) else {
+            return;
+        };
+        let mut st = self.lock();
+        if st.mode != Mode::ShutDown {
+            st.push_ready(held);
+            self.dispatch(&mut st);
+        }
+    }
+
+    /// Queues progress markers for a running task (see `Event::Progress`).
+    pub(crate) fn report_progress(
+        &self,
+        cell: &Arc<TaskCell>,
+        id: TaskId,
+        fraction: f32,
+        message: String,
+    ) {
+        let mut em = self.emitter.lock();
+        if !cell.queue_progress(fraction, message, em.fan_out()) {
+            return;
+        }
+        let group = cell.group.as_ref().map(|g| g.key.clone());
+        let template = Event::Progress {
+            id,
+            group,
+            fraction,
+            message: String::new(),
+        };
+        em.emit(Envelope::progress(template, cell));
+        let notifier = em.take_notify();
+        drop(em);
+        if let Some(n) = notifier {
+            unwind::contain(|| n());
+        }
     }
 
     /// Shuts down; joins workers if `join` (skipping the calling thread if
@@ -806,6 +849,72 @@ impl TaskManager {
         }
         shared.dispatch(&mut st);
         Ok(())
+    }
+
+    /// Limits how many tasks of `group` run at once to `n` (at least 1).
+    /// Other groups use the free workers meanwhile. The limit stays with the
+    /// group, also for tasks added later, until changed with another call or
+    /// removed with [`clear_group_limit`](Self::clear_group_limit). Lowering
+    /// it lets running tasks finish; a stopped task frees its slot when its
+    /// body returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroLimit`] if `n` is 0 (nothing changes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::{Group, TaskManager};
+    /// use std::convert::Infallible;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// // A client library that is not thread safe gets exactly one thread.
+    /// let manager = TaskManager::builder().max_threads(4).start_processing(true).build()?;
+    /// let db = Group::from("database");
+    /// manager.set_group_limit(&db, 1)?;
+    /// let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    /// let mut handles = Vec::new();
+    /// for _ in 0..8 {
+    ///     let (now, most) = (Arc::clone(&now), Arc::clone(&most));
+    ///     handles.push(manager.task().group(db.clone()).spawn(move |_| {
+    ///         let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+    ///         most.fetch_max(n, Ordering::SeqCst);
+    ///         now.fetch_sub(1, Ordering::SeqCst);
+    ///         Ok::<_, Infallible>(())
+    ///     })?);
+    /// }
+    /// for h in handles {
+    ///     h.wait()?;
+    /// }
+    /// assert_eq!(most.load(Ordering::SeqCst), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_group_limit(&self, group: &Group, n: usize) -> Result<(), Error> {
+        if n == 0 {
+            return Err(Error::ZeroLimit);
+        }
+        self.apply_group_limit(group, n);
+        Ok(())
+    }
+
+    /// Removes the limit of `group` set with
+    /// [`set_group_limit`](Self::set_group_limit); held tasks are released.
+    pub fn clear_group_limit(&self, group: &Group) {
+        self.apply_group_limit(group, 0);
+    }
+
+    /// Sets a group's limit (0: none) and requeues what now fits.
+    fn apply_group_limit(&self, group: &Group, n: usize) {
+        let shared = self.shared();
+        let mut st = shared.lock();
+        if let Some(state) = shared.groups.set_limit(group, n) {
+            while let Some(cell) = state.requeue_one() {
+                st.push_ready(cell);
+            }
+        }
+        shared.dispatch(&mut st);
     }
 
     /// Changes the priority of a task that has not started yet, in

@@ -225,8 +225,9 @@ impl State {
                 .pop(|c, p| c.is_in_ready() && c.priority() == p)?;
             cell.set_in_ready(false);
             self.queued -= 1;
-            // In the queue and not stopped (stops clear IN_READY under this lock).
-            if cell.claim() {
+            // In the queue and not stopped (stops clear IN_READY under this
+            // lock); a member of a group at its limit is held instead.
+            if cell.claim() && cell.group.as_ref().is_none_or(|g| g.admit(&cell)) {
                 return Some(cell);
             }
         }
@@ -308,6 +309,9 @@ impl State {
     /// failed to start).
     pub(crate) fn unclaim(&mut self, cell: Arc<TaskCell>) {
         cell.unclaim();
+        if let Some(g) = &cell.group {
+            g.unadmit();
+        }
         self.push_ready(cell);
     }
 

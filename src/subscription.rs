@@ -30,15 +30,29 @@ use crate::id::Group;
 use crate::sync::{Arc, AtomicBool, Ordering};
 use crate::task::Notifier;
 
+/// What an envelope holds, and how it settles with its cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A `Completed`/`Failed`, counted in the cell's pending count.
+    Terminal,
+    /// A `GroupFinished`: delivered unless its cell's task was stopped.
+    GroupFinished,
+    /// A progress marker: delivers the task's latest progress when opened
+    /// (coalescing), unless the task was stopped.
+    Progress,
+}
+
 /// One queued event and the task cell that decides whether it may be delivered.
 pub(crate) struct Envelope {
-    /// The event; `None` once taken.
+    /// The event (for progress, a template filled in when opened).
     event: Option<Event>,
     /// The task the event is about (for `GroupFinished`, the task whose end
-    /// finished the group); `None` for events that cannot be stopped.
-    gate: Option<Arc<TaskCell>>,
-    /// `true` if this is a terminal event counted in the cell's pending count.
-    counted: bool,
+    /// finished the group).
+    gate: Arc<TaskCell>,
+    /// See [`Kind`].
+    kind: Kind,
+    /// `true` once the cell was told this copy is gone.
+    settled: bool,
 }
 
 impl Envelope {
@@ -47,8 +61,9 @@ impl Envelope {
     pub(crate) fn terminal(event: Event, cell: &Arc<TaskCell>) -> Self {
         Envelope {
             event: Some(event),
-            gate: Some(Arc::clone(cell)),
-            counted: true,
+            gate: Arc::clone(cell),
+            kind: Kind::Terminal,
+            settled: false,
         }
     }
 
@@ -57,8 +72,20 @@ impl Envelope {
         let event = Event::GroupFinished { group };
         Envelope {
             event: Some(event),
-            gate: Some(Arc::clone(cell)),
-            counted: false,
+            gate: Arc::clone(cell),
+            kind: Kind::GroupFinished,
+            settled: false,
+        }
+    }
+
+    /// A progress marker for `cell`'s task, whose copies the caller counted
+    /// in the cell's slot (`TaskCell::queue_progress`).
+    pub(crate) fn progress(template: Event, cell: &Arc<TaskCell>) -> Self {
+        Envelope {
+            event: Some(template),
+            gate: Arc::clone(cell),
+            kind: Kind::Progress,
+            settled: false,
         }
     }
 
@@ -66,22 +93,43 @@ impl Envelope {
     fn duplicate(&self) -> Self {
         Envelope {
             event: self.event.clone(),
-            gate: self.gate.clone(),
-            counted: self.counted,
+            gate: Arc::clone(&self.gate),
+            kind: self.kind,
+            settled: false,
+        }
+    }
+
+    /// Tells the cell this copy is delivered or discarded; `true` if it may
+    /// be delivered.
+    fn settle(&mut self) -> bool {
+        if std::mem::replace(&mut self.settled, true) {
+            return false;
+        }
+        match self.kind {
+            Kind::Terminal => self.gate.settle(),
+            Kind::GroupFinished => !self.gate.is_stopped(),
+            Kind::Progress => {
+                let latest = self.gate.settle_progress();
+                match (&mut self.event, latest) {
+                    (
+                        Some(Event::Progress {
+                            fraction, message, ..
+                        }),
+                        Some((f, m)),
+                    ) => {
+                        *fraction = f;
+                        *message = m;
+                        true
+                    }
+                    _ => false,
+                }
+            }
         }
     }
 
     /// Takes the event out if it may still be delivered, settling the cell.
     fn open(mut self) -> Option<Event> {
-        let deliver = match &self.gate {
-            None => true,
-            Some(cell) if self.counted => {
-                self.counted = false;
-                cell.settle()
-            }
-            Some(cell) => !cell.is_stopped(),
-        };
-        if deliver {
+        if self.settle() {
             self.event.take()
         } else {
             None
@@ -93,11 +141,7 @@ impl Drop for Envelope {
     fn drop(&mut self) {
         // A queue that goes away without delivering still settles its copy,
         // so the task stops being live once no queue holds its event.
-        if self.counted {
-            if let Some(cell) = &self.gate {
-                cell.settle();
-            }
-        }
+        self.settle();
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::marker::PhantomData;
 use std::panic::Location;
 
 use smallvec::SmallVec;
@@ -60,12 +61,20 @@ pub struct TaskContext {
     /// Own kwargs merged with upstream `Kwargs` results, and upstream
     /// results; `None` for the many tasks that have neither.
     input: Option<Box<Input>>,
+    /// Keeps the context on its worker thread (`!Sync`): methods such as
+    /// `report_progress` and `worker_state` act on the calling thread.
+    _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
 impl TaskContext {
     /// Creates the context of a task about to run.
     pub(crate) fn new(id: TaskId, cell: Arc<TaskCell>, input: Option<Box<Input>>) -> Self {
-        TaskContext { id, cell, input }
+        TaskContext {
+            id,
+            cell,
+            input,
+            _not_sync: PhantomData,
+        }
     }
 
     /// Returns the task's id.
@@ -96,6 +105,49 @@ impl TaskContext {
     /// value.
     pub fn worker_state<S: 'static>(&self) -> Option<std::rc::Rc<std::cell::RefCell<S>>> {
         crate::worker_state::get::<S>()
+    }
+
+    /// Reports how far along the task is: `fraction` from 0.0 to 1.0
+    /// (clamped; NaN counts as 0.0) and a message. Subscribers receive an
+    /// [`Event::Progress`](crate::Event::Progress); reports coalesce, so a
+    /// slow owner sees only the latest one per task and a busy task can
+    /// report as often as it likes. Nothing is reported for a stopped task.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::{Event, TaskManager};
+    /// use std::convert::Infallible;
+    /// use std::time::Duration;
+    ///
+    /// let manager = TaskManager::builder().start_processing(true).build()?;
+    /// let events = manager.subscribe();
+    /// manager.add_task(|ctx| {
+    ///     for i in 1..=4 {
+    ///         ctx.report_progress(i as f32 / 4.0, format!("chunk {i} of 4"));
+    ///     }
+    ///     Ok::<_, Infallible>(())
+    /// })?;
+    /// let mut last_progress = None;
+    /// loop {
+    ///     match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+    ///         Event::Progress { fraction, .. } => last_progress = Some(fraction),
+    ///         Event::Completed { .. } => break,
+    ///         other => panic!("unexpected {other:?}"),
+    ///     }
+    /// }
+    /// assert!(last_progress.is_some_and(|f| f > 0.0 && f <= 1.0));
+    /// # Ok::<(), bgtask::Error>(())
+    /// ```
+    pub fn report_progress(&self, fraction: f32, message: impl Into<String>) {
+        let fraction = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        crate::worker::with_current(|shared| {
+            shared.report_progress(&self.cell, self.id, fraction, message.into())
+        });
     }
 
     /// Returns `true` once the task was stopped (by a stop call or by
@@ -151,7 +203,12 @@ impl TaskContext {
 
 impl fmt::Debug for TaskContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let TaskContext { id, cell, input } = self;
+        let TaskContext {
+            id,
+            cell,
+            input,
+            _not_sync,
+        } = self;
         f.debug_struct("TaskContext")
             .field("id", id)
             .field("stopped", &cell.is_stopped())

@@ -10,8 +10,24 @@ use crate::manager::Shared;
 use crate::state::Mode;
 use crate::sync::Arc;
 
+thread_local! {
+    /// The manager of the worker thread this is, for `TaskContext` methods
+    /// that reach the manager (`report_progress`) without a per-task handle.
+    static CURRENT: std::cell::RefCell<Option<Arc<Shared>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the manager of the calling worker thread, if it is one.
+pub(crate) fn with_current(f: impl FnOnce(&Arc<Shared>)) {
+    CURRENT.with(|c| {
+        if let Some(shared) = &*c.borrow() {
+            f(shared);
+        }
+    });
+}
+
 /// Body of worker thread `w` of `shared`.
 pub(crate) fn run(shared: Arc<Shared>, w: usize) {
+    CURRENT.with(|c| *c.borrow_mut() = Some(Arc::clone(&shared)));
     crate::worker_state::install(shared.worker_state.clone());
     let mut task = None;
     loop {
