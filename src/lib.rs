@@ -180,6 +180,37 @@
 //! then drains with [`Subscription::try_iter`]. Events go to the
 //! subscriptions that exist when they are emitted; subscribe before adding.
 //!
+//! # Beyond the original
+//!
+//! - Typed results: [`TaskHandle::wait`], [`TaskHandle::wait_timeout`], and
+//!   `.await` on a [`TaskHandle`] with any executor; [`Event::result`].
+//! - Cooperative cancellation: [`TaskContext::is_stopped`].
+//! - Progress: [`TaskContext::report_progress`] and [`Event::Progress`].
+//! - Per-group concurrency limits: [`TaskManager::set_group_limit`].
+//! - Per-worker state: [`Builder::worker_state`] and
+//!   [`TaskContext::worker_state`].
+//! - Reprioritising: [`TaskManager::set_priority`]; resizing:
+//!   [`TaskManager::set_max_threads`].
+//! - Introspection: [`TaskManager::stats`] and [`TaskManager::task_state`].
+//! - A `tracing` span per task, behind the default-on `tracing` feature.
+//!
+//! ```
+//! use bgtask::{Group, TaskManager};
+//! use std::convert::Infallible;
+//!
+//! let manager = TaskManager::builder().max_threads(4).start_processing(true).build()?;
+//! manager.set_group_limit(&Group::from("database"), 1)?; // not thread safe
+//! let rows = manager
+//!     .task()
+//!     .group("database")
+//!     .spawn(|ctx| {
+//!         ctx.report_progress(0.5, "querying");
+//!         Ok::<_, Infallible>(vec!["a", "b"])
+//!     })?;
+//! assert_eq!(rows.wait()?.len(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Choices where the contract is silent
 //!
 //! - A task's events are dropped if no subscription exists when it ends;
@@ -192,6 +223,17 @@
 //!   exit when its task returns.
 //! - A task closure that holds a clone of its own manager keeps it alive
 //!   (as any handle does) until the task runs or is stopped.
+//! - A task added after an upstream that finished but whose event is still
+//!   queued gets that upstream's `Kwargs` merged (or fails with it), as it
+//!   would have a moment earlier; once the event was delivered, the upstream
+//!   simply counts as satisfied.
+//! - A worker settles its next task (or goes idle) before the events of the
+//!   task it just ended can be received, so an owner that reacts to an
+//!   event by adding a task finds that worker free.
+//! - [`TaskContext`] is not `Sync`: its methods act on the worker thread
+//!   running the task.
+//! - A running task stopped while it holds a slot of a limited group frees
+//!   the slot when its body returns, so the limit holds at every moment.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
