@@ -138,6 +138,19 @@ fn convert<T: Send + Sync + 'static>(end: HandleEnd) -> Result<Arc<T>, TaskError
 
 /// Resolves when the task ends, with what [`TaskHandle::wait`] returns.
 /// Works on any executor: the task's end wakes the waker of the last poll.
+///
+/// # Examples
+///
+/// ```
+/// use bgtask::TaskManager;
+/// use std::convert::Infallible;
+///
+/// let manager = TaskManager::builder().start_processing(true).build()?;
+/// let decode = manager.add_task(|_| Ok::<_, Infallible>(vec![1u8, 2, 3]))?;
+/// let pixels = futures::executor::block_on(decode)?;
+/// assert_eq!(pixels.len(), 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 impl<T: Send + Sync + 'static> Future for TaskHandle<T> {
     type Output = Result<Arc<T>, TaskError>;
 

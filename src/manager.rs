@@ -982,9 +982,26 @@ impl TaskManager {
         st.stats(&shared.env())
     }
 
-    /// Returns whether task `id` is queued, blocked or running; `None` once
+        /// Returns whether task `id` is queued, blocked or running; `None` once
     /// it ended (completed, failed or stopped), or if this manager never
     /// issued it. O(log n).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bgtask::{TaskManager, TaskState};
+    /// use std::convert::Infallible;
+    ///
+    /// let manager = TaskManager::new(); // paused
+    /// let a = manager.add_task(|_| Ok::<_, Infallible>(()))?;
+    /// let b = manager.task().after([&a]).spawn(|_| Ok::<_, Infallible>(()))?;
+    /// assert_eq!(manager.task_state(a.id()), Some(TaskState::Queued));
+    /// assert_eq!(manager.task_state(b.id()), Some(TaskState::Blocked));
+    /// manager.start_processing();
+    /// b.wait()?;
+    /// assert_eq!(manager.task_state(b.id()), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn task_state(&self, id: TaskId) -> Option<TaskState> {
         let shared = self.shared();
         if id.manager != shared.manager_id {
