@@ -94,8 +94,10 @@ impl Drop for Garbage {
         for job in self.0.drain(..) {
             unwind::contain(move || drop(job));
         }
-        let wakes = std::mem::take(&mut self.1);
-        unwind::contain(move || wake_all(Some(Box::new(wakes))));
+                if !self.1.is_empty() {
+            let wakes = std::mem::take(&mut self.1);
+            unwind::contain(move || wake_all(Some(Box::new(wakes))));
+        }
     }
 }
 

@@ -67,8 +67,11 @@ mod imp {
             }
         }
 
-        /// Runs `f` inside the span.
+                /// Runs `f` inside the span.
         pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+            if self.started.is_none() {
+                return f();
+            }
             self.span.in_scope(f)
         }
 
