@@ -684,8 +684,11 @@ impl Shared {
             st.discard(jobs);
             self.registry.lock().clear();
             self.groups.clear();
-            self.emitter.lock().clear();
+                        self.emitter.lock().clear();
             st.fan_out = 0;
+            // Every worker exits (joined below unless called from one).
+            st.alive = 0;
+            self.alive.store(0, Ordering::SeqCst);
             while self.fifo.pop().is_some() {}
             for slot in &st.workers {
                 slot.signal.notify_one();

@@ -65,6 +65,16 @@ impl Level {
         }
     }
 
+        /// Returns the smallest id's entry without popping it.
+    fn peek(&self) -> Option<&Arc<TaskCell>> {
+        match (self.fifo.front(), self.late.peek()) {
+            (Some(f), Some(Reverse(l))) if l.0.seq < f.seq => Some(&l.0),
+            (Some(f), _) => Some(f),
+            (None, Some(Reverse(l))) => Some(&l.0),
+            (None, None) => None,
+        }
+    }
+
     /// Returns `true` if the level holds no entries, live or stale.
     fn is_empty(&self) -> bool {
         self.fifo.is_empty() && self.late.is_empty()
@@ -122,6 +132,34 @@ impl ReadyQueue {
         }
     }
 
+        /// Discards stale entries at the head until the best entry is live
+    /// (`is_live(cell, priority it was queued at)`) or the queue is empty,
+    /// so that [`best_priority`](Self::best_priority) names a live entry.
+    pub(crate) fn drop_stale(&mut self, mut is_live: impl FnMut(&TaskCell, i32) -> bool) {
+        loop {
+            let best = self.levels.first_key_value().map(|(Reverse(p), _)| *p);
+            match best {
+                Some(p) if p > 0 || self.zero.is_empty() => {
+                    let mut entry = self.levels.first_entry().expect("non-empty");
+                    let head = entry.get().peek().expect("levels in the map are non-empty");
+                    if is_live(head, p) {
+                        return;
+                    }
+                    entry.get_mut().pop();
+                    if entry.get().is_empty() {
+                        entry.remove();
+                    }
+                }
+                _ => match self.zero.peek() {
+                    Some(head) if !is_live(head, 0) => {
+                        self.zero.pop();
+                    }
+                    _ => return,
+                },
+            }
+        }
+    }
+
     /// Returns the highest priority with an entry (live or stale).
     pub(crate) fn best_priority(&self) -> Option<i32> {
         let other = self.levels.first_key_value().map(|(Reverse(p), _)| *p);
@@ -175,6 +213,21 @@ mod tests {
             q.push(0, cell(seq));
         }
         assert_eq!(drain(&mut q), vec![3, 10, 11, 12, 13]);
+    }
+
+    #[test]
+    fn drop_stale_leaves_a_live_best_entry() {
+        let mut q = ReadyQueue::default();
+        q.push(5, cell(1)); // stale
+        q.push(0, cell(2)); // stale
+        q.push(0, cell(3));
+        q.push(-1, cell(4));
+        q.drop_stale(|c, _| c.seq > 2);
+        assert_eq!(q.best_priority(), Some(0));
+        assert_eq!(drain(&mut q), vec![3, 4]);
+        q.push(0, cell(5));
+        q.drop_stale(|_, _| false);
+        assert_eq!(q.best_priority(), None);
     }
 
     #[test]

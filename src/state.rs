@@ -207,7 +207,10 @@ impl State {
     /// FIFO's head (priority 0, oldest first) with the locked queue by
     /// pulling it in whenever the locked queue has nothing better than 0.
     pub(crate) fn pop_ready(&mut self, fifo: &SegQueue<Arc<TaskCell>>) -> Option<Arc<TaskCell>> {
-        loop {
+                loop {
+            // Compare live entries only: a stale head of a higher level
+            // would otherwise keep the FIFO's head out of the comparison.
+            self.ready.drop_stale(is_live_entry);
             if self.ready.best_priority().is_none_or(|p| p <= 0) {
                 // The FIFO's first live entry, if any, competes by id.
                 while let Some(cell) = fifo.pop() {
@@ -218,11 +221,7 @@ impl State {
                     }
                 }
             }
-            // An entry is live while its cell is in the queue and still has
-            // the priority it was queued at (`set_priority` re-queues).
-            let cell = self
-                .ready
-                .pop(|c, p| c.is_in_ready() && c.priority() == p)?;
+                        let cell = self.ready.pop(is_live_entry)?;
             cell.set_in_ready(false);
             self.queued -= 1;
             // In the queue and not stopped (stops clear IN_READY under this
@@ -627,6 +626,13 @@ impl State {
         self.queued = 0;
         stopped.jobs
     }
+}
+
+/// An entry of the locked ready queue is live while its cell is in the
+/// queue and still has the priority it was queued at (`set_priority`
+/// re-queues at the new priority).
+fn is_live_entry(cell: &TaskCell, priority: i32) -> bool {
+    cell.is_in_ready() && cell.priority() == priority
 }
 
 /// Merges an upstream result into a downstream task's input.
