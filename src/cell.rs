@@ -60,8 +60,10 @@ const CLAIMED: u64 = 1 << 60;
 const IN_READY: u64 = 1 << 59;
 /// Set once someone waits for the task's end (invariant 7).
 const WAITING: u64 = 1 << 58;
+/// Set while its group's limit holds the task back (group invariant 3).
+const HELD: u64 = 1 << 57;
 /// The pending-delivery count (invariant 3).
-const PENDING: u64 = WAITING - 1;
+const PENDING: u64 = HELD - 1;
 /// The task ended (finished or stopped).
 const ENDED: u64 = STOPPED | FINISHED;
 
@@ -133,10 +135,11 @@ pub(crate) struct Slot {
     waiters: Option<Box<Vec<Waiter>>>,
     /// The latest progress the task reported (fraction, message).
     progress: Option<Box<(f32, String)>>,
-    /// Progress markers queued and not yet opened or dropped; a new report
-    /// queues markers only when this is 0, so each queue holds at most one
-    /// per task, and it delivers the latest report when opened.
-    progress_queued: usize,
+    /// Subscriptions holding a progress marker of this task not yet opened
+    /// or dropped; a new report queues a marker only in the others, so each
+    /// queue holds at most one per task, delivering the latest report when
+    /// opened.
+    progress_pending: SmallVec<[u64; 2]>,
 }
 
 /// The part of a cell that moves: the work before the task runs, its
@@ -235,7 +238,7 @@ impl TaskCell {
                 work: Payload::Pending { job, input },
                 waiters: None,
                 progress: None,
-                progress_queued: 0,
+                progress_pending: SmallVec::new(),
             }),
         }
     }
@@ -293,15 +296,33 @@ impl TaskCell {
     pub(crate) fn claim(&self) -> bool {
         // IN_READY: a FIFO entry whose task `set_priority` moved to the
         // locked queue is stale; the locked queue clears it before claiming.
-        self.update(|s| (s & (ENDED | CLAIMED | IN_READY) == 0).then_some(s | CLAIMED))
+        self.update(|s| (s & (ENDED | CLAIMED | IN_READY | HELD) == 0).then_some(s | CLAIMED))
             .is_ok()
+    }
+
+    /// Turns a claim into a hold: the group's limit keeps the task back
+    /// (group invariant 3). Under the group's `held` lock.
+    pub(crate) fn hold(&self) {
+        let _ = self.update(|s| Some((s & !CLAIMED) | HELD));
+    }
+
+    /// Ends a hold: the task goes back to the ready queue. Under the
+    /// group's `held` lock; `false` if it was not held.
+    pub(crate) fn unhold(&self) -> bool {
+        self.update(|s| (s & HELD != 0).then_some(s & !HELD))
+            .is_ok()
+    }
+
+    /// Returns `true` while the task's group's limit holds it back.
+    pub(crate) fn is_held(&self) -> bool {
+        self.load() & HELD != 0
     }
 
     /// Moves a task waiting in the FIFO to the locked queue (`set_priority`):
     /// sets `IN_READY` unless a worker claimed it or it ended. Scheduler
     /// lock held.
     pub(crate) fn move_to_ready(&self) -> bool {
-        self.update(|s| (s & (ENDED | CLAIMED | IN_READY) == 0).then_some(s | IN_READY))
+        self.update(|s| (s & (ENDED | CLAIMED | IN_READY | HELD) == 0).then_some(s | IN_READY))
             .is_ok()
     }
 
@@ -449,27 +470,35 @@ impl TaskCell {
         prev & STOPPED == 0
     }
 
-    /// Records a progress report; returns `true` if markers must be queued
-    /// in the `n` subscriptions (none is pending), `false` if a pending
-    /// marker will carry it or the task ended. Called under the emit lock.
-    pub(crate) fn queue_progress(&self, fraction: f32, message: String, n: usize) -> bool {
+    /// Records a progress report; returns the subscriptions (of `subs`)
+    /// that hold no marker of this task and must be sent one. Nothing for
+    /// an ended task. Called under the emit lock.
+    pub(crate) fn queue_progress(
+        &self,
+        fraction: f32,
+        message: String,
+        subs: impl Iterator<Item = u64>,
+    ) -> SmallVec<[u64; 2]> {
         let mut slot = self.payload.lock();
+        let mut need = SmallVec::new();
         if self.is_ended() {
-            return false;
+            return need;
         }
         slot.progress = Some(Box::new((fraction, message)));
-        if slot.progress_queued > 0 || n == 0 {
-            return false;
+        for sub in subs {
+            if !slot.progress_pending.contains(&sub) {
+                slot.progress_pending.push(sub);
+                need.push(sub);
+            }
         }
-        slot.progress_queued = n;
-        true
+        need
     }
 
-    /// Settles one queued progress marker: returns the latest report to
-    /// deliver, or `None` if the task was stopped.
-    pub(crate) fn settle_progress(&self) -> Option<(f32, String)> {
+    /// Settles subscription `sub`'s progress marker: returns the latest
+    /// report to deliver, or `None` if the task was stopped.
+    pub(crate) fn settle_progress(&self, sub: u64) -> Option<(f32, String)> {
         let mut slot = self.payload.lock();
-        slot.progress_queued -= 1;
+        slot.progress_pending.retain(|s| *s != sub);
         if self.is_stopped() {
             return None;
         }

@@ -107,9 +107,21 @@ impl GroupState {
                 return true;
             }
         }
-        cell.unclaim();
+        cell.hold();
         held.push(cell.priority(), Arc::clone(cell));
         false
+    }
+
+    /// Re-files a held member under its new priority (`set_priority`); the
+    /// old entry goes stale. Returns `false` if it is no longer held.
+    pub(crate) fn rehold(&self, cell: &Arc<TaskCell>) -> bool {
+        let mut held = self.held.lock();
+        if !cell.is_held() || cell.is_ended() {
+            return false;
+        }
+        self.held_count.fetch_add(1, Ordering::SeqCst);
+        held.push(cell.priority(), Arc::clone(cell));
+        true
     }
 
     /// A worker is done with a member it was admitted to run: frees the
@@ -130,12 +142,15 @@ impl GroupState {
         if limit != 0 && self.running.load(Ordering::SeqCst) >= limit {
             return None;
         }
-        while let Some(cell) = held.pop(|c, p| c.priority() == p) {
+        // Entries are live while held at the priority they were filed under.
+        while let Some(cell) = held.pop(|c, p| c.priority() == p && c.is_held()) {
             self.held_count.fetch_sub(1, Ordering::SeqCst);
-            if !cell.is_ended() {
+            if cell.unhold() && !cell.is_ended() {
                 return Some(cell);
             }
         }
+        // Empty now; `pop` dropped stale entries without counting them.
+        self.held_count.store(0, Ordering::SeqCst);
         None
     }
 

@@ -94,7 +94,7 @@ impl Drop for Garbage {
         for job in self.0.drain(..) {
             unwind::contain(move || drop(job));
         }
-                if !self.1.is_empty() {
+        if !self.1.is_empty() {
             let wakes = std::mem::take(&mut self.1);
             unwind::contain(move || wake_all(Some(Box::new(wakes))));
         }
@@ -654,10 +654,6 @@ impl Shared {
         fraction: f32,
         message: String,
     ) {
-        let mut em = self.emitter.lock();
-        if !cell.queue_progress(fraction, message, em.fan_out()) {
-            return;
-        }
         let group = cell.group.as_ref().map(|g| g.key.clone());
         let template = Event::Progress {
             id,
@@ -665,7 +661,8 @@ impl Shared {
             fraction,
             message: String::new(),
         };
-        em.emit(Envelope::progress(template, cell));
+        let mut em = self.emitter.lock();
+        em.progress(cell, template, fraction, message);
         let notifier = em.take_notify();
         drop(em);
         if let Some(n) = notifier {
@@ -684,7 +681,7 @@ impl Shared {
             st.discard(jobs);
             self.registry.lock().clear();
             self.groups.clear();
-                        self.emitter.lock().clear();
+            self.emitter.lock().clear();
             st.fan_out = 0;
             // Every worker exits (joined below unless called from one).
             st.alive = 0;
@@ -987,7 +984,7 @@ impl TaskManager {
         st.stats(&shared.env())
     }
 
-        /// Returns whether task `id` is queued, blocked or running; `None` once
+    /// Returns whether task `id` is queued, blocked or running; `None` once
     /// it ended (completed, failed or stopped), or if this manager never
     /// issued it. O(log n).
     ///

@@ -65,7 +65,7 @@ impl Level {
         }
     }
 
-        /// Returns the smallest id's entry without popping it.
+    /// Returns the smallest id's entry without popping it.
     fn peek(&self) -> Option<&Arc<TaskCell>> {
         match (self.fifo.front(), self.late.peek()) {
             (Some(f), Some(Reverse(l))) if l.0.seq < f.seq => Some(&l.0),
@@ -132,7 +132,7 @@ impl ReadyQueue {
         }
     }
 
-        /// Discards stale entries at the head until the best entry is live
+    /// Discards stale entries at the head until the best entry is live
     /// (`is_live(cell, priority it was queued at)`) or the queue is empty,
     /// so that [`best_priority`](Self::best_priority) names a live entry.
     pub(crate) fn drop_stale(&mut self, mut is_live: impl FnMut(&TaskCell, i32) -> bool) {

@@ -207,7 +207,7 @@ impl State {
     /// FIFO's head (priority 0, oldest first) with the locked queue by
     /// pulling it in whenever the locked queue has nothing better than 0.
     pub(crate) fn pop_ready(&mut self, fifo: &SegQueue<Arc<TaskCell>>) -> Option<Arc<TaskCell>> {
-                loop {
+        loop {
             // Compare live entries only: a stale head of a higher level
             // would otherwise keep the FIFO's head out of the comparison.
             self.ready.drop_stale(is_live_entry);
@@ -221,7 +221,7 @@ impl State {
                     }
                 }
             }
-                        let cell = self.ready.pop(is_live_entry)?;
+            let cell = self.ready.pop(is_live_entry)?;
             cell.set_in_ready(false);
             self.queued -= 1;
             // In the queue and not stopped (stops clear IN_READY under this
@@ -242,6 +242,15 @@ impl State {
         if self.nodes.get(&cell.seq).is_some_and(|n| n.waiting_on > 0) {
             cell.set_priority(priority);
             return true;
+        }
+        if cell.is_held() {
+            let old = cell.priority();
+            cell.set_priority(priority);
+            let group = cell.group.as_ref().expect("only group members are held");
+            if group.rehold(cell) {
+                return true;
+            }
+            cell.set_priority(old); // released meanwhile: try the other places
         }
         if cell.is_in_ready() {
             // The old entry goes stale: its priority no longer matches.

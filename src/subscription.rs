@@ -37,9 +37,9 @@ enum Kind {
     Terminal,
     /// A `GroupFinished`: delivered unless its cell's task was stopped.
     GroupFinished,
-    /// A progress marker: delivers the task's latest progress when opened
-    /// (coalescing), unless the task was stopped.
-    Progress,
+    /// A progress marker for one subscription (its id): delivers the task's
+    /// latest progress when opened (coalescing), unless the task was stopped.
+    Progress(u64),
 }
 
 /// One queued event and the task cell that decides whether it may be delivered.
@@ -78,13 +78,13 @@ impl Envelope {
         }
     }
 
-    /// A progress marker for `cell`'s task, whose copies the caller counted
+    /// A progress marker of `cell`'s task for subscription `sub`, recorded
     /// in the cell's slot (`TaskCell::queue_progress`).
-    pub(crate) fn progress(template: Event, cell: &Arc<TaskCell>) -> Self {
+    fn progress(template: Event, cell: &Arc<TaskCell>, sub: u64) -> Self {
         Envelope {
             event: Some(template),
             gate: Arc::clone(cell),
-            kind: Kind::Progress,
+            kind: Kind::Progress(sub),
             settled: false,
         }
     }
@@ -108,8 +108,8 @@ impl Envelope {
         match self.kind {
             Kind::Terminal => self.gate.settle(),
             Kind::GroupFinished => !self.gate.is_stopped(),
-            Kind::Progress => {
-                let latest = self.gate.settle_progress();
+            Kind::Progress(sub) => {
+                let latest = self.gate.settle_progress(sub);
                 match (&mut self.event, latest) {
                     (
                         Some(Event::Progress {
@@ -150,6 +150,8 @@ impl Drop for Envelope {
 pub(crate) struct Subscriber {
     /// Where events go.
     tx: Sender<Envelope>,
+    /// Identifies the subscription in progress bookkeeping; set by `subscribe`.
+    id: u64,
     /// A send failed: the subscription was dropped (emitter invariant 1).
     gone: bool,
     /// Notifier protocol flag (see the module docs).
@@ -192,6 +194,8 @@ pub(crate) struct Emitter {
     pub(crate) notifier: Option<Notifier>,
     /// An event landed in an empty queue since the notifier was last taken.
     notify_due: bool,
+    /// The last subscription id handed out.
+    next_id: u64,
 }
 
 impl fmt::Debug for Emitter {
@@ -228,8 +232,30 @@ impl Emitter {
         }
     }
 
+    /// Queues progress markers of `cell`'s task in the subscriptions that
+    /// hold none (each holds at most one per task; it delivers the latest
+    /// report when opened).
+    pub(crate) fn progress(
+        &mut self,
+        cell: &Arc<TaskCell>,
+        template: Event,
+        fraction: f32,
+        message: String,
+    ) {
+        let need = cell.queue_progress(fraction, message, self.subscribers.iter().map(|s| s.id));
+        for sub in self.subscribers.iter_mut().filter(|s| need.contains(&s.id)) {
+            match sub.send(Envelope::progress(template.clone(), cell, sub.id)) {
+                Ok(true) => self.notify_due = true,
+                Ok(false) => {}
+                Err(()) => sub.gone = true,
+            }
+        }
+    }
+
     /// Adds a subscription (scheduler lock held: invariant 1).
-    pub(crate) fn subscribe(&mut self, sub: Subscriber) {
+    pub(crate) fn subscribe(&mut self, mut sub: Subscriber) {
+        self.next_id += 1;
+        sub.id = self.next_id;
         self.prune();
         self.subscribers.push(sub);
     }
@@ -263,6 +289,7 @@ pub(crate) fn pair(closed: Arc<AtomicBool>) -> (Subscriber, Subscription) {
     (
         Subscriber {
             tx,
+            id: 0,
             gone: false,
             armed: Arc::clone(&armed),
         },

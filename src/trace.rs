@@ -67,7 +67,7 @@ mod imp {
             }
         }
 
-                /// Runs `f` inside the span.
+        /// Runs `f` inside the span.
         pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> R {
             if self.started.is_none() {
                 return f();
