@@ -25,15 +25,6 @@ fn assert_message_style(msg: &str) {
     assert_eq!(msg.trim_end(), msg, "message ends with whitespace: {msg:?}");
 }
 
-/// A task body that counts how often it ran.
-fn counting(counter: &Arc<AtomicUsize>) -> impl FnOnce(&TaskContext) -> Result<(), Infallible> {
-    let counter = Arc::clone(counter);
-    move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 /// Ids of `n` tasks added to a fresh paused manager (which stays alive).
 fn foreign_ids(n: usize) -> (TaskManager, Vec<TaskId>) {
     let other = paused(1);

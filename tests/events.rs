@@ -406,14 +406,7 @@ fn after_shut_down_subscriptions_are_disconnected() {
     );
     assert_eq!(sub.try_iter().count(), 0);
     // recv must return at once; run it elsewhere so a hang fails the test.
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(other.recv().map(|e| format!("{e:?}")));
-    });
-    let got = rx
-        .recv_timeout(TIMEOUT)
-        .expect("recv blocked after shut_down");
-    assert_eq!(got, Err(RecvError));
+    assert_eq!(recv_on_helper(other), Err(RecvError));
     // A subscription made after shut down is disconnected too.
     let late = m.subscribe();
     assert_eq!(late.try_recv().unwrap_err(), TryRecvError::Disconnected);

@@ -107,15 +107,6 @@ fn place(at: &Location<'_>) -> String {
     format!("{}:{}:{}", at.file(), at.line(), at.column())
 }
 
-/// A task body that counts its runs.
-fn counting(ran: &Arc<AtomicUsize>) -> impl FnOnce(&TaskContext) -> Result<(), Infallible> {
-    let ran = Arc::clone(ran);
-    move |_| {
-        ran.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 #[test]
 fn err_message_is_top_level_display_and_traceback_has_chain_and_add_site() {
     let m = paused(1);

@@ -9,34 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use bgtask::{Error, Group, TaskContext, TaskHandle, TaskId, TaskManager, TaskState};
+use bgtask::{Error, Group, TaskContext, TaskId, TaskManager, TaskState};
 use common::*;
-
-/// Counts the bodies running at once and remembers the most.
-#[derive(Clone, Default)]
-struct Meter {
-    now: Arc<AtomicUsize>,
-    most: Arc<AtomicUsize>,
-}
-
-impl Meter {
-    /// A body starts; returns how many run now, itself included.
-    fn enter(&self) -> usize {
-        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most.fetch_max(n, Ordering::SeqCst);
-        n
-    }
-
-    /// A body is about to return.
-    fn leave(&self) {
-        self.now.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// The most bodies that ran at once.
-    fn most(&self) -> usize {
-        self.most.load(Ordering::SeqCst)
-    }
-}
 
 /// A reusable barrier for `n` threads whose wait panics after `TIMEOUT`
 /// (`std::sync::Barrier` would hang the test instead).
@@ -83,50 +57,6 @@ impl TimedBarrier {
     }
 }
 
-/// Adds a task of `group` that enters `meter`, reports its id on `started`,
-/// waits for `gate`, and leaves.
-fn gated(
-    m: &TaskManager,
-    group: &Group,
-    priority: i32,
-    meter: &Meter,
-    started: &mpsc::Sender<TaskId>,
-    gate: &Gate,
-) -> TaskHandle<usize> {
-    let (meter, started, gate) = (meter.clone(), started.clone(), gate.clone());
-    m.task()
-        .group(group.clone())
-        .priority(priority)
-        .spawn(move |ctx: &TaskContext| {
-            let n = meter.enter();
-            started.send(ctx.id()).unwrap();
-            gate.wait();
-            meter.leave();
-            Ok::<_, Infallible>(n)
-        })
-        .unwrap()
-}
-
-/// Receives `n` start signals, in order.
-fn starts(rx: &mpsc::Receiver<TaskId>, n: usize) -> Vec<TaskId> {
-    (0..n)
-        .map(|_| rx.recv_timeout(TIMEOUT).expect("a task did not start"))
-        .collect()
-}
-
-/// Waits for a handle's result with a timeout; panics if it failed.
-fn done<T: Send + Sync + 'static>(h: &TaskHandle<T>) -> Arc<T> {
-    h.wait_timeout(TIMEOUT)
-        .expect("the task did not end")
-        .expect("the task failed")
-}
-
-/// (queued, blocked, running) of the whole manager.
-fn counts(m: &TaskManager) -> (usize, usize, usize) {
-    let t = m.stats().tasks;
-    (t.queued, t.blocked, t.running)
-}
-
 /// (queued, blocked, running) of `group`, or zeros if it has no live task.
 fn group_counts(m: &TaskManager, group: &Group) -> (usize, usize, usize) {
     m.stats()
@@ -147,8 +77,7 @@ fn limit_one_serialises_its_group_while_other_groups_use_the_free_workers() {
     let meter = Meter::default();
     let (tx, rx) = mpsc::channel();
     let hold = Gate::new();
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     // The first db task holds its slot; the other seven are held back.
     let mut db_tasks = vec![gated(&m, &db, 0, &meter, &tx, &hold)];
     let first = starts(&rx, 1);
@@ -186,7 +115,7 @@ fn limit_one_serialises_its_group_while_other_groups_use_the_free_workers() {
         assert_eq!(*done(h), 1, "a db task ran alongside another one");
     }
     assert_eq!(starts(&rx, 7).len(), 7);
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
     assert!(m.wait_idle(TIMEOUT));
 }
 
@@ -204,7 +133,7 @@ fn limit_two_runs_exactly_two_at_once() {
     let mut first_two = starts(&rx, 2);
     first_two.sort();
     assert_eq!(first_two, [tasks[0].id(), tasks[1].id()]);
-    assert_eq!(meter.most(), 2);
+    assert_eq!(meter.high(), 2);
     assert_eq!(counts(&m), (6, 0, 2));
     assert_eq!(group_counts(&m, &g), (6, 0, 2));
     for h in &tasks[2..] {
@@ -215,7 +144,7 @@ fn limit_two_runs_exactly_two_at_once() {
         assert!(*done(h) <= 2);
     }
     assert_eq!(starts(&rx, 6).len(), 6);
-    assert_eq!(meter.most(), 2);
+    assert_eq!(meter.high(), 2);
 }
 
 #[test]
@@ -250,7 +179,7 @@ fn held_tasks_run_by_priority_then_in_the_order_added() {
     expected.sort_by_key(|&(p, id)| (std::cmp::Reverse(p), id));
     let expected: Vec<TaskId> = expected.into_iter().map(|(_, id)| id).collect();
     assert_eq!(*log.lock().unwrap(), expected);
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
 }
 
 #[test]
@@ -264,8 +193,7 @@ fn tasks_held_behind_a_running_one_run_by_priority() {
     let meter = Meter::default();
     let first = gated(&m, &g, 0, &meter, &tx, &gate);
     starts(&rx, 1);
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     let held: Vec<(i32, TaskId)> = [1, -4, 9, 0, 9, 2]
         .into_iter()
         .map(|p| (p, gated(&m, &g, p, &meter, &tx, &open).id()))
@@ -278,7 +206,7 @@ fn tasks_held_behind_a_running_one_run_by_priority() {
     let expected: Vec<TaskId> = expected.into_iter().map(|(_, id)| id).collect();
     assert_eq!(starts(&rx, 6), expected);
     assert!(m.wait_idle(TIMEOUT));
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
 }
 
 #[test]
@@ -298,14 +226,14 @@ fn raising_the_limit_releases_held_tasks() {
     let mut next_two = starts(&rx, 2);
     next_two.sort();
     assert_eq!(next_two, [tasks[1].id(), tasks[2].id()]);
-    assert_eq!(meter.most(), 3);
+    assert_eq!(meter.high(), 3);
     assert_eq!(group_counts(&m, &g), (2, 0, 3));
     gate.open();
     for h in &tasks {
         assert!(*done(h) <= 3);
     }
     assert_eq!(starts(&rx, 2).len(), 2);
-    assert_eq!(meter.most(), 3);
+    assert_eq!(meter.high(), 3);
 }
 
 #[test]
@@ -321,8 +249,7 @@ fn lowering_the_limit_lets_running_tasks_finish_and_then_applies() {
         .map(|gate| gated(&m, &g, 0, &meter, &tx, gate))
         .collect();
     assert_eq!(starts(&rx, 3).len(), 3);
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     let later: Vec<_> = (0..3)
         .map(|_| gated(&m, &g, 0, &meter, &tx, &open))
         .collect();
@@ -338,7 +265,7 @@ fn lowering_the_limit_lets_running_tasks_finish_and_then_applies() {
         assert_eq!(*done(h), 1, "a task ran beside another one under limit 1");
     }
     assert_eq!(starts(&rx, 3).len(), 3);
-    assert_eq!(meter.most(), 3);
+    assert_eq!(meter.high(), 3);
 }
 
 #[test]
@@ -359,7 +286,7 @@ fn clear_group_limit_releases_every_held_task() {
     let mut rest = starts(&rx, 3);
     rest.sort();
     assert_eq!(rest, [tasks[1].id(), tasks[2].id(), tasks[3].id()]);
-    assert_eq!(meter.most(), 4);
+    assert_eq!(meter.high(), 4);
     assert_eq!(group_counts(&m, &g), (0, 0, 4));
     gate.open();
     for h in &tasks {
@@ -411,7 +338,7 @@ fn a_zero_limit_is_an_error_and_changes_nothing() {
     for h in &b {
         assert!(*done(h) <= 2);
     }
-    assert_eq!(meter.most(), 2);
+    assert_eq!(meter.high(), 2);
 }
 
 #[test]
@@ -445,7 +372,7 @@ fn a_limit_set_before_the_group_has_tasks_applies_to_tasks_added_later() {
         assert_eq!(*done(h), 1);
     }
     assert_eq!(starts(&rx, 2), [tasks[1].id(), tasks[2].id()]);
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
 }
 
 #[test]
@@ -499,8 +426,7 @@ fn stopping_a_held_task_means_it_never_runs() {
             })
             .unwrap()
     };
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     let last = gated(&m, &g, 0, &meter, &tx, &open);
     assert_eq!(m.task_state(stopped.id()), Some(TaskState::Queued));
     assert_eq!(m.stop_task(stopped.id(), false, false), 1);
@@ -546,8 +472,7 @@ fn stopping_every_held_task_leaks_no_slot() {
     done(&first);
     assert!(m.wait_idle(TIMEOUT));
     // The slot is free: a new member runs.
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     let later = gated(&m, &g, 0, &meter, &tx, &open);
     assert_eq!(*done(&later), 1);
     assert_eq!(starts(&rx, 1), [later.id()]);
@@ -565,8 +490,7 @@ fn stopping_a_running_task_frees_its_slot_when_its_body_returns() {
     let gate = Gate::new();
     let running = gated(&m, &g, 0, &meter, &tx, &gate);
     assert_eq!(starts(&rx, 1), [running.id()]);
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     let held = gated(&m, &g, 0, &meter, &tx, &open);
     assert_eq!(m.stop_task(running.id(), false, false), 1);
     // Its body still runs: the held task must wait for it.
@@ -580,7 +504,7 @@ fn stopping_a_running_task_frees_its_slot_when_its_body_returns() {
     gate.open();
     assert_eq!(starts(&rx, 1), [held.id()]);
     assert_eq!(*done(&held), 1, "the held task ran beside the stopped one");
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
     assert_eq!(
         take_ev(&sub, 2),
         [Ev::Done(held.id()), Ev::GroupDone(g.clone())]
@@ -625,5 +549,5 @@ fn stats_show_held_tasks_as_queued() {
     done(&blocked);
     assert!(m.wait_idle(TIMEOUT));
     assert_eq!(counts(&m), (0, 0, 0));
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
 }

@@ -19,15 +19,15 @@ fn member(m: &TaskManager, g: &Group) -> TaskId {
 
 /// Adds a task in group `g` that counts its runs.
 fn counted_member(m: &TaskManager, g: &Group, ran: &Arc<AtomicUsize>) -> TaskId {
-    let ran = Arc::clone(ran);
-    m.task()
-        .group(g)
-        .spawn(move |_: &TaskContext| {
-            ran.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, Infallible>(())
-        })
-        .unwrap()
-        .id()
+    m.task().group(g).spawn(counting(ran)).unwrap().id()
+}
+
+/// Adds a task in group `g` that holds its worker until `gate` opens, and
+/// waits until it has started.
+fn running_member(m: &TaskManager, g: &Group, gate: &Gate) -> TaskId {
+    let (h, rx) = spawn_blocker(m.task().group(g), gate, ());
+    started(&rx);
+    h.id()
 }
 
 /// Adds a task in group `g` that fails with `msg`.
@@ -134,19 +134,7 @@ fn member_added_while_group_runs_delays_the_finish() {
     let sub = m.subscribe();
     let g = Group::from("late");
     let gate = Gate::new();
-    let gate2 = gate.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let slow = m
-        .task()
-        .group(&g)
-        .spawn(move |_: &TaskContext| {
-            tx.send(()).unwrap();
-            gate2.wait();
-            Ok::<_, Infallible>(())
-        })
-        .unwrap()
-        .id();
-    rx.recv_timeout(TIMEOUT).expect("slow member did not start");
+    let slow = running_member(&m, &g, &gate);
     let quick = member(&m, &g);
     assert_eq!(take_ev(&sub, 1), [Ev::Done(quick)]);
     gate.open();
@@ -237,22 +225,11 @@ fn stopping_running_members_emits_nothing() {
     let sub = m.subscribe();
     let g = Group::from("running");
     let gate = Gate::new();
-    let mut rxs = Vec::new();
-    for _ in 0..2 {
-        let gate = gate.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        m.task()
-            .group(&g)
-            .spawn(move |_: &TaskContext| {
-                tx.send(()).unwrap();
-                gate.wait();
-                Ok::<_, Infallible>(())
-            })
-            .unwrap();
-        rxs.push(rx);
-    }
+    let rxs: Vec<_> = (0..2)
+        .map(|_| spawn_blocker(m.task().group(&g), &gate, ()).1)
+        .collect();
     for rx in &rxs {
-        rx.recv_timeout(TIMEOUT).expect("member did not start");
+        started(rx);
     }
     assert_eq!(m.stop_task_group(&g, false, false), 2);
     gate.open();
@@ -265,19 +242,7 @@ fn stopping_the_last_running_member_emits_no_group_finished() {
     let sub = m.subscribe();
     let g = Group::from("last-running");
     let gate = Gate::new();
-    let gate2 = gate.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let slow = m
-        .task()
-        .group(&g)
-        .spawn(move |_: &TaskContext| {
-            tx.send(()).unwrap();
-            gate2.wait();
-            Ok::<_, Infallible>(())
-        })
-        .unwrap()
-        .id();
-    rx.recv_timeout(TIMEOUT).expect("slow member did not start");
+    let slow = running_member(&m, &g, &gate);
     let quick = member(&m, &g);
     assert_eq!(take_ev(&sub, 1), [Ev::Done(quick)]);
     assert_eq!(m.stop_task(slow, false, false), 1);
@@ -379,19 +344,7 @@ fn group_with_stopped_running_member_finishes_after_the_rest() {
     let sub = m.subscribe();
     let g = Group::from("stopped-running");
     let gate = Gate::new();
-    let gate2 = gate.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let slow = m
-        .task()
-        .group(&g)
-        .spawn(move |_: &TaskContext| {
-            tx.send(()).unwrap();
-            gate2.wait();
-            Ok::<_, Infallible>(())
-        })
-        .unwrap()
-        .id();
-    rx.recv_timeout(TIMEOUT).expect("slow member did not start");
+    let slow = running_member(&m, &g, &gate);
     let queued = member(&m, &g);
     assert_eq!(m.stop_task(slow, false, false), 1);
     gate.open();
@@ -555,18 +508,7 @@ fn stop_task_group_counts_only_live_tasks() {
     );
 
     let gate = Gate::new();
-    let gate2 = gate.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    m.task()
-        .group(&g)
-        .spawn(move |_: &TaskContext| {
-            tx.send(()).unwrap();
-            gate2.wait();
-            Ok::<_, Infallible>(())
-        })
-        .unwrap();
-    rx.recv_timeout(TIMEOUT)
-        .expect("running member did not start");
+    running_member(&m, &g, &gate);
     let (hold, hold_rx) = add_blocker(&m, &gate);
     started(&hold_rx);
     // Both workers busy: these stay queued.

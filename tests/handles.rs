@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bgtask::{Event, Kwargs, TaskContext, TaskError, TaskHandle, TaskId, TaskManager};
+use bgtask::{Event, Kwargs, TaskContext, TaskError, TaskHandle, TaskId};
 use common::*;
 
 /// A result type that is neither `Copy` nor `Clone`: what a handle gives
@@ -52,25 +52,6 @@ impl std::error::Error for DiskFull {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.source)
     }
-}
-
-/// Adds a task that signals its start, holds its worker until `gate`
-/// opens, then returns `value`.
-fn gated<T: Send + Sync + 'static>(
-    m: &TaskManager,
-    gate: &Gate,
-    value: T,
-) -> (TaskHandle<T>, mpsc::Receiver<TaskId>) {
-    let (tx, rx) = mpsc::channel();
-    let gate = gate.clone();
-    let h = m
-        .add_task(move |ctx: &TaskContext| {
-            let _ = tx.send(ctx.id());
-            gate.wait();
-            Ok::<_, Infallible>(value)
-        })
-        .unwrap();
-    (h, rx)
 }
 
 /// Waits on `h` with [`TIMEOUT`], panicking if the task has not ended.
@@ -155,7 +136,7 @@ fn wait_returns_the_arc_without_any_subscriber() {
 fn wait_blocks_until_a_gated_task_ends() {
     let m = manager(1);
     let gate = Gate::new();
-    let (h, started_rx) = gated(&m, &gate, 7u32);
+    let (h, started_rx) = spawn_blocker(m.task(), &gate, 7u32);
     assert_eq!(started(&started_rx), h.id());
 
     // The timeout is what is under test here: the task cannot end while
@@ -203,7 +184,7 @@ fn wait_blocks_until_a_gated_task_ends() {
 fn wait_timeout_returns_some_ok_once_done() {
     let m = manager(1);
     let gate = Gate::new();
-    let (h, started_rx) = gated(&m, &gate, String::from("done"));
+    let (h, started_rx) = spawn_blocker(m.task(), &gate, String::from("done"));
     started(&started_rx);
     assert_eq!(h.wait_timeout(Duration::from_millis(1)), None);
     gate.open();
@@ -373,7 +354,7 @@ fn shut_down_gives_stopped_for_queued_tasks() {
 fn shut_down_gives_stopped_for_queued_and_running_tasks() {
     let m = manager(1);
     let gate = Gate::new();
-    let (running, started_rx) = gated(&m, &gate, 1u32);
+    let (running, started_rx) = spawn_blocker(m.task(), &gate, 1u32);
     started(&started_rx);
     let queued = m.add_task(|_| Ok::<_, Infallible>(2u32)).unwrap();
 
@@ -495,7 +476,7 @@ fn clones_and_several_waiting_threads_all_get_the_result() {
     const WAITERS: usize = 4;
     let m = manager(1);
     let gate = Gate::new();
-    let (h, started_rx) = gated(&m, &gate, report());
+    let (h, started_rx) = spawn_blocker(m.task(), &gate, report());
     started(&started_rx);
 
     let (about_tx, about_rx) = mpsc::channel();
@@ -575,7 +556,7 @@ fn future_under_tokio_current_thread() {
 fn future_under_tokio_current_thread_waits_for_a_gated_task() {
     let m = manager(1);
     let gate = Gate::new();
-    let (h, started_rx) = gated(&m, &gate, 11u32);
+    let (h, started_rx) = spawn_blocker(m.task(), &gate, 11u32);
     started(&started_rx);
     let (polled_tx, polled_rx) = mpsc::channel();
     let opener = {
@@ -674,7 +655,7 @@ fn future_under_futures_executor_block_on() {
 
     // A gated task: block_on parks until the task's end wakes it.
     let gate = Gate::new();
-    let (held, started_rx) = gated(&m, &gate, 3.5f64);
+    let (held, started_rx) = spawn_blocker(m.task(), &gate, 3.5f64);
     started(&started_rx);
     let (polled_tx, polled_rx) = mpsc::channel();
     let opener = {
@@ -721,7 +702,7 @@ impl Wake for ChannelWaker {
 fn future_polled_before_the_end_is_woken_when_the_task_ends() {
     let m = manager(1);
     let gate = Gate::new();
-    let (mut h, started_rx) = gated(&m, &gate, String::from("late"));
+    let (mut h, started_rx) = spawn_blocker(m.task(), &gate, String::from("late"));
     started(&started_rx);
 
     let (woke_tx, woke_rx) = mpsc::channel();
@@ -959,7 +940,7 @@ fn upstream_is_none_for_a_stopped_upstream() {
 fn is_finished_is_false_before_and_true_after() {
     let m = manager(1);
     let gate = Gate::new();
-    let (h, started_rx) = gated(&m, &gate, 1u8);
+    let (h, started_rx) = spawn_blocker(m.task(), &gate, 1u8);
     let clone = h.clone();
     assert!(!h.is_finished(), "not finished before it started");
     started(&started_rx);

@@ -7,95 +7,17 @@
 mod common;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
-use bgtask::{
-    Event, Group, Kwargs, TaskContext, TaskError, TaskHandle, TaskId, TaskManager, TaskState,
-};
+use bgtask::{Event, Group, Kwargs, TaskContext, TaskError, TaskHandle, TaskId, TaskState};
 use common::*;
-
-/// Counts the bodies running at once and remembers the most.
-#[derive(Clone, Default)]
-struct Meter {
-    now: Arc<AtomicUsize>,
-    most: Arc<AtomicUsize>,
-}
-
-impl Meter {
-    /// A body starts; returns how many run now, itself included.
-    fn enter(&self) -> usize {
-        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most.fetch_max(n, Ordering::SeqCst);
-        n
-    }
-
-    /// A body is about to return.
-    fn leave(&self) {
-        self.now.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// The most bodies that ran at once.
-    fn most(&self) -> usize {
-        self.most.load(Ordering::SeqCst)
-    }
-}
-
-/// Adds a task of `group` that enters `meter`, reports its id on `started`,
-/// waits for `gate`, and leaves; it returns how many ran when it started.
-fn gated(
-    m: &TaskManager,
-    group: &Group,
-    priority: i32,
-    meter: &Meter,
-    started: &mpsc::Sender<TaskId>,
-    gate: &Gate,
-) -> TaskHandle<usize> {
-    let (meter, started, gate) = (meter.clone(), started.clone(), gate.clone());
-    m.task()
-        .group(group.clone())
-        .priority(priority)
-        .spawn(move |ctx: &TaskContext| {
-            let n = meter.enter();
-            started.send(ctx.id()).unwrap();
-            gate.wait();
-            meter.leave();
-            Ok::<_, Infallible>(n)
-        })
-        .unwrap()
-}
-
-/// Receives `n` start signals, in order.
-fn starts(rx: &mpsc::Receiver<TaskId>, n: usize) -> Vec<TaskId> {
-    (0..n)
-        .map(|_| rx.recv_timeout(TIMEOUT).expect("a task did not start"))
-        .collect()
-}
-
-/// Waits for a handle's result with a timeout; panics if it failed.
-fn done<T: Send + Sync + 'static>(h: &TaskHandle<T>) -> Arc<T> {
-    h.wait_timeout(TIMEOUT)
-        .expect("the task did not end")
-        .expect("the task failed")
-}
 
 /// The id of a `Completed`; panics for anything else.
 fn completed(e: &Event) -> TaskId {
     match e {
         Event::Completed { id, .. } => *id,
         other => panic!("expected Completed, got {other:?}"),
-    }
-}
-
-/// A shared log of task ids, in the order their bodies ran.
-type Log = Arc<Mutex<Vec<TaskId>>>;
-
-/// A body that appends its id to `log`.
-fn logger(log: &Log) -> impl FnOnce(&TaskContext) -> Result<(), Infallible> + Send + 'static {
-    let log = Arc::clone(log);
-    move |ctx| {
-        log.lock().unwrap().push(ctx.id());
-        Ok(())
     }
 }
 
@@ -197,8 +119,7 @@ fn stopping_a_running_limited_task_frees_its_slot() {
     let gate = Gate::new();
     let running = gated(&m, &g, 0, &meter, &tx, &gate);
     assert_eq!(starts(&rx, 1), [running.id()]);
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     let held = gated(&m, &g, 0, &meter, &tx, &open);
     assert_eq!(m.stop_task(running.id(), false, false), 1);
     assert_eq!(m.task_state(held.id()), Some(TaskState::Queued));
@@ -209,7 +130,7 @@ fn stopping_a_running_limited_task_frees_its_slot() {
         running.wait_timeout(TIMEOUT),
         Some(Err(TaskError::Stopped))
     ));
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
     assert_eq!(
         take_ev(&sub, 2),
         [Ev::Done(held.id()), Ev::GroupDone(g.clone())]
@@ -232,8 +153,7 @@ fn stopping_a_limited_group_frees_its_slots_for_later_members() {
     assert_eq!(starts(&rx, 2).len(), 2);
     assert_eq!(m.stop_task_group(&g, false, false), 5);
     // Bodies of the two stopped running tasks still hold the slots.
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     let new: Vec<_> = (0..3)
         .map(|_| gated(&m, &g, 0, &meter, &tx, &open))
         .collect();
@@ -251,7 +171,7 @@ fn stopping_a_limited_group_frees_its_slots_for_later_members() {
             Some(Err(TaskError::Stopped))
         ));
     }
-    assert_eq!(meter.most(), 2);
+    assert_eq!(meter.high(), 2);
     let mut ids: Vec<TaskId> = take(&sub, 3).iter().map(completed).collect();
     ids.sort();
     assert_eq!(ids, new.iter().map(TaskHandle::id).collect::<Vec<_>>());
@@ -407,7 +327,7 @@ fn a_downstream_task_in_a_limited_group_waits_for_its_upstream_and_its_slot() {
     slot_gate.open();
     assert_eq!(*done(&down), (1, 12));
     assert_eq!(starts(&rx, 1), [down.id()]);
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
     assert_eq!(
         take_ev(&sub, 3),
         [
@@ -461,8 +381,7 @@ fn an_upstream_held_by_its_group_limit_still_releases_its_downstream() {
     let gate = Gate::new();
     let member = gated(&m, &g, 0, &meter, &tx, &gate);
     starts(&rx, 1);
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     let held_up = gated(&m, &g, 0, &meter, &tx, &open);
     let log = Log::default();
     let down = m.task().after([&held_up]).spawn(logger(&log)).unwrap();
@@ -480,7 +399,7 @@ fn an_upstream_held_by_its_group_limit_still_releases_its_downstream() {
     assert_eq!(order, [member.id(), held_up.id()]);
     assert_eq!(completed(&next(&sub)), down.id());
     assert_eq!(*log.lock().unwrap(), [down.id()]);
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
     assert_quiet(&m, &sub);
 }
 
@@ -550,8 +469,7 @@ fn set_priority_on_a_held_task_keeps_it_held_and_reorders_the_held_tasks() {
     let gate = Gate::new();
     let first = gated(&m, &g, 0, &meter, &tx, &gate);
     starts(&rx, 1);
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     let held: Vec<_> = (0..4)
         .map(|_| gated(&m, &g, 0, &meter, &tx, &open))
         .collect();
@@ -584,7 +502,7 @@ fn set_priority_on_a_held_task_keeps_it_held_and_reorders_the_held_tasks() {
     }
     assert!(m.wait_idle(TIMEOUT));
     assert!(rx.try_recv().is_err(), "a task ran twice");
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
 }
 
 #[test]
@@ -615,7 +533,7 @@ fn shutting_down_with_held_tasks_runs_none_of_them() {
             Some(Err(TaskError::Stopped))
         ));
     }
-    assert_eq!(meter.most(), 1);
+    assert_eq!(meter.high(), 1);
 }
 
 #[test]
@@ -702,8 +620,7 @@ fn a_held_task_given_its_own_priority_again_does_not_waste_a_freed_slot() {
         .collect();
     assert_eq!(starts(&rx, 2).len(), 2);
     let hold = Gate::new();
-    let open = Gate::new();
-    open.open();
+    let open = Gate::opened();
     let h = gated(&m, &g, 0, &meter, &tx, &hold);
     let other = gated(&m, &g, 0, &meter, &tx, &open);
     assert!(m.set_priority(h.id(), 0));
@@ -724,5 +641,5 @@ fn a_held_task_given_its_own_priority_again_does_not_waste_a_freed_slot() {
     hold.open();
     assert_eq!(*done(&h), 2);
     assert!(m.wait_idle(TIMEOUT));
-    assert_eq!(meter.most(), 2);
+    assert_eq!(meter.high(), 2);
 }

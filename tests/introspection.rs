@@ -29,16 +29,6 @@ fn states(m: &TaskManager, ids: &[TaskId]) -> Vec<Option<TaskState>> {
 
 use TaskState::{Blocked, Queued, Running};
 
-/// Asserts that `n` threads named `prefix-*` exist, polling: reading
-/// /proc/self/task can miss entries while any thread of the process exits
-/// (other tests run in parallel), and a joined or retired thread may stay
-/// listed for a moment after it ended.
-fn assert_threads(prefix: &str, n: usize) {
-    eventually(&format!("{n} threads named {prefix}-*"), || {
-        count_threads(prefix) == n
-    });
-}
-
 #[test]
 fn fresh_manager_has_nothing() {
     let m = TaskManager::new();

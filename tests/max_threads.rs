@@ -15,57 +15,12 @@ use std::sync::Arc;
 use bgtask::{Error, TaskHandle, TaskId, TaskManager};
 use common::*;
 
-/// Tracks how many tasks run at once and the most seen at once.
-#[derive(Default)]
-struct Concurrency {
-    now: AtomicUsize,
-    high: AtomicUsize,
-}
-
-impl Concurrency {
-    fn enter(&self) {
-        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.high.fetch_max(now, Ordering::SeqCst);
-    }
-
-    fn leave(&self) {
-        self.now.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    fn now(&self) -> usize {
-        self.now.load(Ordering::SeqCst)
-    }
-
-    fn high(&self) -> usize {
-        self.high.load(Ordering::SeqCst)
-    }
-}
-
-/// Adds a task that counts itself in `conc`, signals its start on `tx`,
-/// and holds its worker until `gate` opens.
-fn add_gated(
-    m: &TaskManager,
-    conc: &Arc<Concurrency>,
-    gate: &Gate,
-    tx: &mpsc::Sender<TaskId>,
-) -> TaskHandle<()> {
-    let (conc, gate, tx) = (Arc::clone(conc), gate.clone(), tx.clone());
-    m.add_task(move |ctx| {
-        conc.enter();
-        let _ = tx.send(ctx.id());
-        gate.wait();
-        conc.leave();
-        Ok::<_, Infallible>(())
-    })
-    .unwrap()
-}
-
-/// Adds a task that only counts itself in `conc`.
-fn add_counted(m: &TaskManager, conc: &Arc<Concurrency>) -> TaskHandle<()> {
-    let conc = Arc::clone(conc);
+/// Adds a task that only counts itself in `meter`.
+fn add_counted(m: &TaskManager, meter: &Meter) -> TaskHandle<()> {
+    let meter = meter.clone();
     m.add_task(move |_| {
-        conc.enter();
-        conc.leave();
+        meter.enter();
+        meter.leave();
         Ok::<_, Infallible>(())
     })
     .unwrap()
@@ -73,52 +28,26 @@ fn add_counted(m: &TaskManager, conc: &Arc<Concurrency>) -> TaskHandle<()> {
 
 /// Waits for `n` start signals; returns the ids sorted (tasks started on
 /// different workers may signal in any order).
-fn starts(rx: &mpsc::Receiver<TaskId>, n: usize) -> Vec<TaskId> {
-    let mut ids: Vec<TaskId> = (0..n).map(|_| started(rx)).collect();
+fn sorted_starts(rx: &mpsc::Receiver<TaskId>, n: usize) -> Vec<TaskId> {
+    let mut ids = starts(rx, n);
     ids.sort_unstable();
     ids
 }
 
 /// The ids of `handles`.
-fn ids(handles: &[TaskHandle<()>]) -> Vec<TaskId> {
+fn ids<T>(handles: &[TaskHandle<T>]) -> Vec<TaskId> {
     handles.iter().map(TaskHandle::id).collect()
-}
-
-/// (queued, blocked, running) of `m` now.
-fn counts(m: &TaskManager) -> (usize, usize, usize) {
-    let t = m.stats().tasks;
-    (t.queued, t.blocked, t.running)
-}
-
-/// A started manager with `n` workers named `prefix-*`.
-fn named(n: usize, prefix: &str) -> TaskManager {
-    TaskManager::builder()
-        .max_threads(n)
-        .thread_name(prefix)
-        .start_processing(true)
-        .build()
-        .unwrap()
-}
-
-/// Asserts that `n` threads named `prefix-*` exist, polling: reading
-/// /proc/self/task can miss entries while any thread of the process exits
-/// (other tests run in parallel), and a joined or retired thread may stay
-/// listed for a moment after it ended.
-fn assert_threads(prefix: &str, n: usize) {
-    eventually(&format!("{n} threads named {prefix}-*"), || {
-        count_threads(prefix) == n
-    });
 }
 
 #[test]
 fn growing_from_1_to_4_runs_4_at_once() {
     let m = named(1, "mt-grow");
     let sub = m.subscribe();
-    let conc = Arc::new(Concurrency::default());
+    let conc = Meter::default();
     let gate = Gate::new();
     let (tx, rx) = mpsc::channel();
-    let handles: Vec<_> = (0..8).map(|_| add_gated(&m, &conc, &gate, &tx)).collect();
-    assert_eq!(starts(&rx, 1), [handles[0].id()]);
+    let handles: Vec<_> = (0..8).map(|_| add_gated(&m, &conc, &tx, &gate)).collect();
+    assert_eq!(sorted_starts(&rx, 1), [handles[0].id()]);
     assert_eq!(counts(&m), (7, 0, 1));
     assert_eq!(m.stats().workers, 1);
     assert_threads("mt-grow", 1);
@@ -126,7 +55,7 @@ fn growing_from_1_to_4_runs_4_at_once() {
     m.set_max_threads(4).unwrap();
     assert_eq!(m.max_threads(), 4);
     // Three more start, in order, on three new workers.
-    assert_eq!(starts(&rx, 3), ids(&handles[1..4]));
+    assert_eq!(sorted_starts(&rx, 3), ids(&handles[1..4]));
     assert_eq!(conc.high(), 4);
     assert_eq!(counts(&m), (4, 0, 4));
     assert_eq!(m.stats().workers, 4);
@@ -155,11 +84,11 @@ fn growing_starts_workers_only_as_tasks_need_them() {
     assert_eq!(m.stats().workers, 0, "no task: no worker");
     assert_threads("mt-lazy", 0);
 
-    let conc = Arc::new(Concurrency::default());
+    let conc = Meter::default();
     let gate = Gate::new();
     let (tx, rx) = mpsc::channel();
-    let handles: Vec<_> = (0..2).map(|_| add_gated(&m, &conc, &gate, &tx)).collect();
-    starts(&rx, 2);
+    let handles: Vec<_> = (0..2).map(|_| add_gated(&m, &conc, &tx, &gate)).collect();
+    sorted_starts(&rx, 2);
     assert_eq!(m.stats().workers, 2, "two tasks: two workers, not four");
     assert_threads("mt-lazy", 2);
     gate.open();
@@ -181,16 +110,16 @@ fn growing_a_paused_manager_starts_nothing() {
         .build()
         .unwrap();
     let sub = m.subscribe();
-    let conc = Arc::new(Concurrency::default());
+    let conc = Meter::default();
     let gate = Gate::new();
     let (tx, rx) = mpsc::channel();
-    let handles: Vec<_> = (0..5).map(|_| add_gated(&m, &conc, &gate, &tx)).collect();
+    let handles: Vec<_> = (0..5).map(|_| add_gated(&m, &conc, &tx, &gate)).collect();
     m.set_max_threads(3).unwrap();
     assert_eq!(m.stats().workers, 0);
     assert_eq!(counts(&m), (5, 0, 0));
     assert_threads("mt-paused", 0);
     m.start_processing();
-    assert_eq!(starts(&rx, 3), ids(&handles[..3]));
+    assert_eq!(sorted_starts(&rx, 3), ids(&handles[..3]));
     assert_eq!(counts(&m), (2, 0, 3));
     assert_threads("mt-paused", 3);
     gate.open();
@@ -204,11 +133,11 @@ fn growing_a_paused_manager_starts_nothing() {
 fn shrinking_from_4_to_1_lets_running_tasks_finish() {
     let m = named(4, "mt-shrink");
     let sub = m.subscribe();
-    let first = Arc::new(Concurrency::default());
+    let first = Meter::default();
     let gate = Gate::new();
     let (tx, rx) = mpsc::channel();
-    let running: Vec<_> = (0..4).map(|_| add_gated(&m, &first, &gate, &tx)).collect();
-    starts(&rx, 4);
+    let running: Vec<_> = (0..4).map(|_| add_gated(&m, &first, &tx, &gate)).collect();
+    sorted_starts(&rx, 4);
     assert_eq!(first.high(), 4);
     assert_threads("mt-shrink", 4);
 
@@ -221,12 +150,11 @@ fn shrinking_from_4_to_1_lets_running_tasks_finish() {
 
     // Ten more wait; each records how many of the first four still ran
     // when it started.
-    let later = Arc::new(Concurrency::default());
+    let later = Meter::default();
     let overlap = Arc::new(AtomicUsize::new(0));
     let queued: Vec<_> = (0..10)
         .map(|_| {
-            let (later, first, overlap) =
-                (Arc::clone(&later), Arc::clone(&first), Arc::clone(&overlap));
+            let (later, first, overlap) = (later.clone(), first.clone(), Arc::clone(&overlap));
             m.add_task(move |_| {
                 later.enter();
                 overlap.fetch_max(first.now(), Ordering::SeqCst);
@@ -269,7 +197,7 @@ fn shrinking_from_4_to_1_lets_running_tasks_finish() {
     assert_threads("mt-shrink", 1);
 
     // And from now on, one at a time.
-    let after = Arc::new(Concurrency::default());
+    let after = Meter::default();
     let more: Vec<_> = (0..10).map(|_| add_counted(&m, &after)).collect();
     for h in &more {
         h.wait_timeout(TIMEOUT)
@@ -285,13 +213,13 @@ fn shrinking_from_4_to_1_lets_running_tasks_finish() {
 fn shrinking_retires_idle_workers_at_once() {
     let m = named(4, "mt-idle");
     let sub = m.subscribe();
-    let conc = Arc::new(Concurrency::default());
+    let conc = Meter::default();
     let gate = Gate::new();
     let (tx, rx) = mpsc::channel();
     for _ in 0..4 {
-        add_gated(&m, &conc, &gate, &tx);
+        add_gated(&m, &conc, &tx, &gate);
     }
-    starts(&rx, 4);
+    sorted_starts(&rx, 4);
     gate.open();
     take(&sub, 4);
     assert_quiet(&m, &sub);
@@ -303,10 +231,10 @@ fn shrinking_retires_idle_workers_at_once() {
     // The retired threads exit on their own: poll the count.
     assert_threads("mt-idle", 2);
 
-    let conc = Arc::new(Concurrency::default());
+    let conc = Meter::default();
     let gate = Gate::new();
-    let handles: Vec<_> = (0..4).map(|_| add_gated(&m, &conc, &gate, &tx)).collect();
-    assert_eq!(starts(&rx, 2), ids(&handles[..2]));
+    let handles: Vec<_> = (0..4).map(|_| add_gated(&m, &conc, &tx, &gate)).collect();
+    assert_eq!(sorted_starts(&rx, 2), ids(&handles[..2]));
     assert_eq!(counts(&m), (2, 0, 2));
     gate.open();
     take(&sub, 4);
@@ -325,17 +253,17 @@ fn zero_is_rejected_and_changes_nothing() {
         .build()
         .unwrap();
     let sub = m.subscribe();
-    let conc = Arc::new(Concurrency::default());
+    let conc = Meter::default();
     let gate = Gate::new();
     let (tx, rx) = mpsc::channel();
-    let handles: Vec<_> = (0..5).map(|_| add_gated(&m, &conc, &gate, &tx)).collect();
+    let handles: Vec<_> = (0..5).map(|_| add_gated(&m, &conc, &tx, &gate)).collect();
     assert_eq!(m.set_max_threads(0), Err(Error::ZeroThreads));
     assert_eq!(m.max_threads(), 3);
     assert_eq!(m.stats().workers, 0);
     assert_eq!(counts(&m), (5, 0, 0));
 
     m.start_processing();
-    assert_eq!(starts(&rx, 3), ids(&handles[..3]));
+    assert_eq!(sorted_starts(&rx, 3), ids(&handles[..3]));
     assert_eq!(counts(&m), (2, 0, 3));
     assert_eq!(m.stats().workers, 3);
     // Rejected while running, too.

@@ -5,28 +5,8 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-
-use bgtask::{Event, Subscription, TaskContext, TaskId, TaskManager, TaskState};
+use bgtask::{Event, Subscription, TaskId, TaskManager, TaskState};
 use common::*;
-
-/// A shared log of the order in which task bodies ran.
-type Log = Arc<Mutex<Vec<TaskId>>>;
-
-/// A body that appends its id to `log`.
-fn logger(log: &Log) -> impl FnOnce(&TaskContext) -> Result<(), Infallible> + Send + 'static {
-    let log = Arc::clone(log);
-    move |ctx| {
-        log.lock().unwrap().push(ctx.id());
-        Ok(())
-    }
-}
-
-/// Adds a task with `priority` that logs its id when it runs.
-fn add_logged(m: &TaskManager, log: &Log, priority: i32) -> TaskId {
-    m.task().priority(priority).spawn(logger(log)).unwrap().id()
-}
 
 /// Adds a task with `priority` after `upstream` that logs its id.
 fn add_logged_after(m: &TaskManager, log: &Log, priority: i32, upstream: TaskId) -> TaskId {

@@ -13,22 +13,6 @@ use std::thread::{self, ThreadId};
 use bgtask::{Subscription, TaskContext, TaskId, TaskManager};
 use common::*;
 
-/// A shared log of the order in which task bodies ran.
-type Log = Arc<Mutex<Vec<TaskId>>>;
-
-/// Adds a task with `priority` that appends its id to `log` when it runs.
-fn add_logged(m: &TaskManager, log: &Log, priority: i32) -> TaskId {
-    let log = Arc::clone(log);
-    m.task()
-        .priority(priority)
-        .spawn(move |ctx: &TaskContext| {
-            log.lock().unwrap().push(ctx.id());
-            Ok::<_, Infallible>(())
-        })
-        .unwrap()
-        .id()
-}
-
 /// The ids of `Completed` events, panicking on any other event.
 fn done_ids(events: &[Ev]) -> Vec<TaskId> {
     events
@@ -38,24 +22,6 @@ fn done_ids(events: &[Ev]) -> Vec<TaskId> {
             other => panic!("expected Completed, got {other:?}"),
         })
         .collect()
-}
-
-/// Tracks how many tasks run at once and the most seen at once.
-#[derive(Default)]
-struct Concurrency {
-    now: AtomicUsize,
-    high: AtomicUsize,
-}
-
-impl Concurrency {
-    fn enter(&self) {
-        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.high.fetch_max(now, Ordering::SeqCst);
-    }
-
-    fn leave(&self) {
-        self.now.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 #[test]
@@ -113,16 +79,7 @@ fn equal_priorities_run_in_the_order_added_even_when_released_late_by_an_upstrea
     let sub = m.subscribe();
     let log: Log = Log::default();
     let up = add_logged(&m, &log, 10);
-    let log2 = Arc::clone(&log);
-    let down = m
-        .task()
-        .after([up])
-        .spawn(move |ctx: &TaskContext| {
-            log2.lock().unwrap().push(ctx.id());
-            Ok::<_, Infallible>(())
-        })
-        .unwrap()
-        .id();
+    let down = m.task().after([up]).spawn(logger(&log)).unwrap().id();
     let a = add_logged(&m, &log, 0);
     let b = add_logged(&m, &log, 0);
     m.start_processing();
@@ -140,15 +97,11 @@ fn a_task_blocked_on_its_upstream_never_holds_back_a_ready_task_of_lower_priorit
     let (up, up_rx) = add_blocker(&m, &gate);
     started(&up_rx);
     let log: Log = Log::default();
-    let log_high = Arc::clone(&log);
     let high = m
         .task()
         .priority(10)
         .after([&up])
-        .spawn(move |ctx: &TaskContext| {
-            log_high.lock().unwrap().push(ctx.id());
-            Ok::<_, Infallible>(())
-        })
+        .spawn(logger(&log))
         .unwrap()
         .id();
     let low = add_logged(&m, &log, -5);
@@ -207,21 +160,11 @@ fn with_one_worker_the_first_task_added_runs_first_even_if_a_higher_priority_tas
 fn check_concurrency_limit(m: &TaskManager, sub: &Subscription, tasks: usize, start: bool) {
     let threads = m.max_threads();
     let gate = Gate::new();
-    let conc = Arc::new(Concurrency::default());
+    let conc = Meter::default();
     let (tx, rx) = mpsc::channel();
     let mut ids = HashSet::new();
     for _ in 0..tasks {
-        let (gate, conc, tx) = (gate.clone(), Arc::clone(&conc), tx.clone());
-        let h = m
-            .add_task(move |ctx: &TaskContext| {
-                conc.enter();
-                let _ = tx.send(ctx.id());
-                gate.wait();
-                conc.leave();
-                Ok::<_, Infallible>(())
-            })
-            .unwrap();
-        ids.insert(h.id());
+        ids.insert(add_gated(m, &conc, &tx, &gate).id());
     }
     if start {
         m.start_processing();
@@ -238,11 +181,7 @@ fn check_concurrency_limit(m: &TaskManager, sub: &Subscription, tasks: usize, st
     gate.open();
     let done: HashSet<TaskId> = take(sub, tasks).iter().map(id_of).collect();
     assert_eq!(done, ids);
-    assert_eq!(
-        conc.high.load(Ordering::SeqCst),
-        threads,
-        "high-water mark of concurrent tasks"
-    );
+    assert_eq!(conc.high(), threads, "high-water mark of concurrent tasks");
     assert_eq!(rx.try_iter().count(), tasks - threads);
     assert_quiet(m, sub);
 }

@@ -15,30 +15,6 @@ use bgtask::{
 };
 use common::*;
 
-/// A manager with `n` workers named `"{prefix}-{index}"`, processing on.
-fn named(n: usize, prefix: &str) -> TaskManager {
-    assert!(prefix.len() <= 13, "thread names are cut at 15 bytes");
-    TaskManager::builder()
-        .max_threads(n)
-        .thread_name(prefix)
-        .start_processing(true)
-        .build()
-        .unwrap()
-}
-
-/// Adds a task that only counts how often its body ran.
-fn counted(m: &TaskManager, counter: &Arc<AtomicUsize>, after: &[TaskId]) -> TaskId {
-    let counter = Arc::clone(counter);
-    m.task()
-        .after(after.iter().copied())
-        .spawn(move |_: &TaskContext| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, Infallible>(())
-        })
-        .unwrap()
-        .id()
-}
-
 /// Blocks a task body until its task is stopped (by a stop call or
 /// shut-down). `is_stopped` has no wake-up, so this polls; it panics after
 /// [`TIMEOUT`].
@@ -99,9 +75,7 @@ fn shut_down_joins_every_worker() {
     // exiting thread from the thread group (`release_task`), so for a moment
     // after a join `/proc/self/task` can still list the joined thread. The
     // join itself was proven exactly just above.
-    eventually("no sd-join worker thread left", || {
-        count_threads("sd-join") == 0
-    });
+    no_thread_left("sd-join");
 }
 
 #[test]
@@ -152,9 +126,7 @@ fn shut_down_twice_is_harmless() {
     assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Disconnected);
     assert_eq!(m.stop_all_tasks(), 0);
     assert!(m.wait_idle(TIMEOUT), "a shut-down manager is idle");
-    eventually("no sd-twice worker thread left", || {
-        count_threads("sd-twice") == 0
-    });
+    no_thread_left("sd-twice");
 }
 
 #[test]
@@ -218,12 +190,7 @@ fn shut_down_drops_queued_events_and_disconnects_subscriptions() {
         RecvTimeoutError::Disconnected
     );
     // `recv` has no timeout: run it on a helper thread so that a hang fails.
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || tx.send(s3.recv().map(|e| format!("{e:?}"))).unwrap());
-    let got = rx
-        .recv_timeout(TIMEOUT)
-        .expect("recv blocked after shut_down");
-    assert_eq!(got, Err(RecvError));
+    assert_eq!(recv_on_helper(s3), Err(RecvError));
 
     let late = m.subscribe();
     assert_eq!(late.try_recv().unwrap_err(), TryRecvError::Disconnected);
@@ -246,16 +213,7 @@ fn queued_and_blocked_tasks_never_run_after_shut_down() {
     let q = counted(&m, &counter, &[]);
     counted(&m, &counter, &[q]);
     counted(&m, &counter, &[x.id()]);
-    {
-        let c = Arc::clone(&counter);
-        m.task()
-            .priority(9)
-            .spawn(move |_: &TaskContext| {
-                c.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, Infallible>(())
-            })
-            .unwrap();
-    }
+    m.task().priority(9).spawn(counting(&counter)).unwrap();
     m.shut_down();
     assert_eq!(
         counter.load(Ordering::SeqCst),
@@ -271,9 +229,7 @@ fn queued_and_blocked_tasks_never_run_after_shut_down() {
         "queued tasks ran after shut_down"
     );
     // See `shut_down_joins_every_worker` for why this polls.
-    eventually("no sd-queued worker thread left", || {
-        count_threads("sd-queued") == 0
-    });
+    no_thread_left("sd-queued");
     assert_eq!(counter.load(Ordering::SeqCst), 0);
 }
 
@@ -341,9 +297,7 @@ fn dropping_the_last_handle_while_a_task_runs_does_not_hang_and_stops_queued_tas
             .expect("the held task did not go on"),
         "dropping the last handle did not stop the running task"
     );
-    eventually("the sd-drop worker to exit", || {
-        count_threads("sd-drop") == 0
-    });
+    no_thread_left("sd-drop");
     assert_eq!(
         counter.load(Ordering::SeqCst),
         0,
@@ -393,9 +347,7 @@ fn shut_down_from_inside_a_task_does_not_deadlock() {
         joined_other,
         "shut_down from a task returned before the other task ended"
     );
-    eventually("no sd-inner worker thread left", || {
-        count_threads("sd-inner") == 0
-    });
+    no_thread_left("sd-inner");
     assert_eq!(m.add_task(noop).unwrap_err(), Error::ShutDown);
     assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Disconnected);
 }

@@ -47,19 +47,6 @@ fn recorded(
         .id()
 }
 
-/// Adds a task that only counts how often its body ran.
-fn counted(m: &TaskManager, counter: &Arc<AtomicUsize>, after: &[TaskId]) -> TaskId {
-    let counter = Arc::clone(counter);
-    m.task()
-        .after(after.iter().copied())
-        .spawn(move |_: &TaskContext| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, Infallible>(())
-        })
-        .unwrap()
-        .id()
-}
-
 /// The graph `a -> {b, c} -> d -> f` plus the unrelated task `e`, added to a
 /// paused manager with one worker.
 struct Diamond {

@@ -96,18 +96,6 @@ fn count_from_env(var: &str, debug: usize, release: usize) -> usize {
     }
 }
 
-/// A manager with `n` workers named `"{prefix}-{index}"`, processing on.
-fn named(n: usize, prefix: &str) -> TaskManager {
-    // Thread names are cut at 15 bytes; leave room for "-{index}".
-    assert!(prefix.len() <= 12, "prefix {prefix:?} too long");
-    TaskManager::builder()
-        .max_threads(n)
-        .thread_name(prefix)
-        .start_processing(true)
-        .build()
-        .unwrap()
-}
-
 /// This process's resident set size in bytes (`VmRSS` of `/proc/self/status`).
 fn rss_bytes() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -204,36 +192,12 @@ fn add_spinner(m: &TaskManager, started: &mpsc::Sender<()>, ended: &Arc<AtomicUs
     .unwrap();
 }
 
-/// Adds a task that only counts how often its body ran.
-fn add_counted(m: &TaskManager, counter: &Arc<AtomicUsize>) {
-    let counter = Arc::clone(counter);
-    m.add_task(move |_: &TaskContext| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Ok::<_, Infallible>(())
-    })
-    .unwrap();
-}
-
 /// Waits for `n` start signals.
 fn await_starts(rx: &mpsc::Receiver<()>, n: usize, what: &str) {
     for k in 0..n {
         rx.recv_timeout(TIMEOUT)
             .unwrap_or_else(|_| panic!("{what}: only {k} of {n} tasks started"));
     }
-}
-
-/// Checks the thread count of `prefix` drops to 0.
-///
-/// Why `eventually` and not an exact count at once: the kernel wakes a
-/// joiner (clearing the thread's tid) slightly before it removes the exiting
-/// thread from the thread group, so for a moment after a join
-/// `/proc/self/task` can still list the joined thread. Workers that are not
-/// joined (drop, shut-down from inside a task) exit on their own shortly
-/// after their task returns.
-fn no_thread_left(prefix: &str) {
-    eventually(&format!("no {prefix} worker thread left"), || {
-        count_threads(prefix) == 0
-    });
 }
 
 // ---------------------------------------------------------------------------
@@ -579,7 +543,7 @@ fn shut_down_from_inside_a_task_does_not_deadlock() {
         // Both workers are busy: these stay queued.
         let queued = Arc::new(AtomicUsize::new(0));
         for _ in 0..100 {
-            add_counted(&m, &queued);
+            m.add_task(counting(&queued)).unwrap();
         }
         gate.open();
 
@@ -729,7 +693,7 @@ fn dropping_the_last_handle_while_tasks_run_lets_every_worker_exit() {
         await_starts(&started_rx, 4, "drop cycle");
         let queued = Arc::new(AtomicUsize::new(0));
         for _ in 0..100 {
-            add_counted(&m, &queued);
+            m.add_task(counting(&queued)).unwrap();
         }
         assert_eq!(count_threads(prefix), 4, "cycle {cycle}");
 

@@ -145,16 +145,6 @@ fn value<T: Copy + Send + Sync + 'static>(h: &TaskHandle<T>) -> T {
         .expect("task failed")
 }
 
-/// Asserts that `n` threads named `prefix-*` exist, polling: reading
-/// /proc/self/task can miss entries while any thread of the process exits
-/// (other tests run in parallel), and a joined or retired thread may stay
-/// listed for a moment after it ended.
-fn assert_threads(prefix: &str, n: usize) {
-    eventually(&format!("{n} threads named {prefix}-*"), || {
-        count_threads(prefix) == n
-    });
-}
-
 #[test]
 fn state_is_made_lazily_once_per_worker_that_asks() {
     let counters = Arc::new(Counters::default());

@@ -1,13 +1,19 @@
 //! Helpers shared by the integration tests: gates that hold a task running,
-//! event collection with loud timeouts, and thread counting.
+//! event collection with loud timeouts, concurrency metering, and thread
+//! counting.
 #![allow(dead_code, unreachable_pub)]
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use bgtask::{Event, Group, Subscription, TaskContext, TaskHandle, TaskId, TaskManager};
+use bgtask::{
+    Event, Group, RecvError, Subscription, TaskBuilder, TaskContext, TaskHandle, TaskId,
+    TaskManager,
+};
 
 /// How long any wait in a test may take before the test fails. Generous:
 /// the machines are shared and slow; a pass never waits this long.
@@ -25,6 +31,27 @@ pub fn manager(n: usize) -> TaskManager {
 /// A manager with `n` workers, paused.
 pub fn paused(n: usize) -> TaskManager {
     TaskManager::builder().max_threads(n).build().unwrap()
+}
+
+/// A manager with `n` workers named `"{prefix}-{index}"`, processing on.
+pub fn named(n: usize, prefix: &str) -> TaskManager {
+    // Thread names are cut at 15 bytes; leave room for "-{index}".
+    assert!(
+        prefix.len() <= 12,
+        "prefix {prefix:?} too long: thread names are cut at 15 bytes"
+    );
+    TaskManager::builder()
+        .max_threads(n)
+        .thread_name(prefix)
+        .start_processing(true)
+        .build()
+        .unwrap()
+}
+
+/// (queued, blocked, running) of the whole manager now.
+pub fn counts(m: &TaskManager) -> (usize, usize, usize) {
+    let t = m.stats().tasks;
+    (t.queued, t.blocked, t.running)
 }
 
 /// Receives the next event or panics after [`TIMEOUT`].
@@ -84,6 +111,13 @@ impl Gate {
         Gate::default()
     }
 
+    /// An open gate: every waiter passes at once.
+    pub fn opened() -> Self {
+        let gate = Gate::new();
+        gate.open();
+        gate
+    }
+
     /// Opens the gate: every waiter, present and future, passes.
     pub fn open(&self) {
         *self.0 .0.lock().unwrap() = true;
@@ -102,19 +136,30 @@ impl Gate {
     }
 }
 
-/// Adds a task that signals when it starts and then holds its worker until
-/// `gate` opens. Returns the handle and a receiver of the start signal.
-pub fn add_blocker(m: &TaskManager, gate: &Gate) -> (TaskHandle<()>, mpsc::Receiver<TaskId>) {
+/// Spawns from `builder` a task that signals when it starts, holds its
+/// worker until `gate` opens, then returns `value`. Returns the handle and a
+/// receiver of the start signal.
+pub fn spawn_blocker<T: Send + Sync + 'static>(
+    builder: TaskBuilder<'_>,
+    gate: &Gate,
+    value: T,
+) -> (TaskHandle<T>, mpsc::Receiver<TaskId>) {
     let (tx, rx) = mpsc::channel();
     let gate = gate.clone();
-    let h = m
-        .add_task(move |ctx: &TaskContext| {
+    let h = builder
+        .spawn(move |ctx: &TaskContext| {
             let _ = tx.send(ctx.id());
             gate.wait();
-            Ok::<_, Infallible>(())
+            Ok::<_, Infallible>(value)
         })
         .unwrap();
     (h, rx)
+}
+
+/// Adds a task that signals when it starts and then holds its worker until
+/// `gate` opens. Returns the handle and a receiver of the start signal.
+pub fn add_blocker(m: &TaskManager, gate: &Gate) -> (TaskHandle<()>, mpsc::Receiver<TaskId>) {
+    spawn_blocker(m.task(), gate, ())
 }
 
 /// Waits for a start signal from [`add_blocker`].
@@ -123,9 +168,153 @@ pub fn started(rx: &mpsc::Receiver<TaskId>) -> TaskId {
         .expect("blocking task did not start")
 }
 
+/// Receives `n` start signals (task ids), in order; panics after
+/// [`TIMEOUT`] for each.
+pub fn starts(rx: &mpsc::Receiver<TaskId>, n: usize) -> Vec<TaskId> {
+    (0..n)
+        .map(|_| rx.recv_timeout(TIMEOUT).expect("a task did not start"))
+        .collect()
+}
+
+/// Waits for a handle's result with [`TIMEOUT`]; panics if it failed.
+pub fn done<T: Send + Sync + 'static>(h: &TaskHandle<T>) -> Arc<T> {
+    h.wait_timeout(TIMEOUT)
+        .expect("the task did not end")
+        .expect("the task failed")
+}
+
+/// Runs the blocking `sub.recv()` on a helper thread, so that a hang fails
+/// the test after [`TIMEOUT`] instead of hanging it. Returns its result, the
+/// event as `Debug` text.
+pub fn recv_on_helper(sub: Subscription) -> Result<String, RecvError> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(sub.recv().map(|e| format!("{e:?}")));
+    });
+    rx.recv_timeout(TIMEOUT)
+        .unwrap_or_else(|_| panic!("recv did not return within {TIMEOUT:?}"))
+}
+
 /// A task body that returns `()`.
 pub fn noop(_: &TaskContext) -> Result<(), Infallible> {
     Ok(())
+}
+
+/// A task body that counts how often it ran in `counter`.
+pub fn counting(
+    counter: &Arc<AtomicUsize>,
+) -> impl FnOnce(&TaskContext) -> Result<(), Infallible> + Send + 'static {
+    let counter = Arc::clone(counter);
+    move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Adds a task after `after` that only counts how often its body ran.
+pub fn counted(m: &TaskManager, counter: &Arc<AtomicUsize>, after: &[TaskId]) -> TaskId {
+    m.task()
+        .after(after.iter().copied())
+        .spawn(counting(counter))
+        .unwrap()
+        .id()
+}
+
+/// A shared log of task ids, in the order their bodies ran.
+pub type Log = Arc<Mutex<Vec<TaskId>>>;
+
+/// A task body that appends its id to `log`.
+pub fn logger(log: &Log) -> impl FnOnce(&TaskContext) -> Result<(), Infallible> + Send + 'static {
+    let log = Arc::clone(log);
+    move |ctx| {
+        log.lock().unwrap().push(ctx.id());
+        Ok(())
+    }
+}
+
+/// Adds a task with `priority` that appends its id to `log` when it runs.
+pub fn add_logged(m: &TaskManager, log: &Log, priority: i32) -> TaskId {
+    m.task().priority(priority).spawn(logger(log)).unwrap().id()
+}
+
+/// Counts the task bodies running at once and remembers the most seen at
+/// once (the high-water mark). Clones share the counts.
+#[derive(Clone, Default)]
+pub struct Meter {
+    now: Arc<AtomicUsize>,
+    high: Arc<AtomicUsize>,
+}
+
+impl Meter {
+    /// A body starts; returns how many run now, itself included.
+    pub fn enter(&self) -> usize {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.high.fetch_max(n, Ordering::SeqCst);
+        n
+    }
+
+    /// A body is about to return.
+    pub fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// How many bodies run now.
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    /// The most bodies that ran at once.
+    pub fn high(&self) -> usize {
+        self.high.load(Ordering::SeqCst)
+    }
+}
+
+/// Spawns from `builder` a task that enters `meter`, sends its id on
+/// `started`, waits for `gate`, and leaves; it returns how many ran when it
+/// entered, itself included.
+pub fn spawn_gated(
+    builder: TaskBuilder<'_>,
+    meter: &Meter,
+    started: &mpsc::Sender<TaskId>,
+    gate: &Gate,
+) -> TaskHandle<usize> {
+    let (meter, started, gate) = (meter.clone(), started.clone(), gate.clone());
+    builder
+        .spawn(move |ctx: &TaskContext| {
+            let n = meter.enter();
+            let _ = started.send(ctx.id());
+            gate.wait();
+            meter.leave();
+            Ok::<_, Infallible>(n)
+        })
+        .unwrap()
+}
+
+/// [`spawn_gated`] for a task without group or priority.
+pub fn add_gated(
+    m: &TaskManager,
+    meter: &Meter,
+    started: &mpsc::Sender<TaskId>,
+    gate: &Gate,
+) -> TaskHandle<usize> {
+    spawn_gated(m.task(), meter, started, gate)
+}
+
+/// [`spawn_gated`] for a task of `group` with `priority`.
+pub fn gated(
+    m: &TaskManager,
+    group: &Group,
+    priority: i32,
+    meter: &Meter,
+    started: &mpsc::Sender<TaskId>,
+    gate: &Gate,
+) -> TaskHandle<usize> {
+    spawn_gated(
+        m.task().group(group.clone()).priority(priority),
+        meter,
+        started,
+        gate,
+    )
 }
 
 /// Counts live threads of this process whose name starts with `prefix`
@@ -137,6 +326,30 @@ pub fn count_threads(prefix: &str) -> usize {
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
         .filter(|name| name.trim_end().starts_with(prefix))
         .count()
+}
+
+/// Asserts that `n` threads named `prefix-*` exist, polling: reading
+/// /proc/self/task can miss entries while any thread of the process exits
+/// (other tests run in parallel), and a joined or retired thread may stay
+/// listed for a moment after it ended.
+pub fn assert_threads(prefix: &str, n: usize) {
+    eventually(&format!("{n} threads named {prefix}-*"), || {
+        count_threads(prefix) == n
+    });
+}
+
+/// Checks the thread count of `prefix` drops to 0.
+///
+/// Why `eventually` and not an exact count at once: the kernel wakes a
+/// joiner (clearing the thread's tid) slightly before it removes the exiting
+/// thread from the thread group, so for a moment after a join
+/// `/proc/self/task` can still list the joined thread. Workers that are not
+/// joined (drop, shut-down from inside a task) exit on their own shortly
+/// after their task returns.
+pub fn no_thread_left(prefix: &str) {
+    eventually(&format!("no {prefix} worker thread left"), || {
+        count_threads(prefix) == 0
+    });
 }
 
 /// Polls `cond` until it holds; panics with `what` after [`TIMEOUT`].
