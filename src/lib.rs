@@ -234,6 +234,11 @@
 //!   running the task.
 //! - A running task stopped while it holds a slot of a limited group frees
 //!   the slot when its body returns, so the limit holds at every moment.
+//! - No user code runs under the manager's locks, with one exception: a
+//!   task's result and kwargs values may be dropped while an internal lock
+//!   is held (when a stop drops an undelivered result, or a finished task's
+//!   record is released). Their `Drop` must not call back into the same
+//!   manager. A task closure's captures are always dropped with no lock held.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
