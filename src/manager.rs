@@ -84,6 +84,45 @@ static NEXT_MANAGER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// The hint's value when the locked ready queue is empty.
 const NOTHING_LOCKED: i64 = i64::MIN;
 
+/// Stores `value` unless the atomic already holds it: the mirrors below are
+/// written under the scheduler lock on every critical section, mostly with
+/// the same value, and a `SeqCst` store is a full barrier.
+fn store_if_changed<A: MirrorAtomic>(atomic: &A, value: A::Value) {
+    if atomic.get() != value {
+        atomic.set(value);
+    }
+}
+
+/// The atomics [`store_if_changed`] works on.
+trait MirrorAtomic {
+    /// The value type.
+    type Value: PartialEq + Copy;
+    /// A relaxed load (only this lock holder writes it).
+    fn get(&self) -> Self::Value;
+    /// A `SeqCst` store.
+    fn set(&self, v: Self::Value);
+}
+
+impl MirrorAtomic for AtomicUsize {
+    type Value = usize;
+    fn get(&self) -> usize {
+        self.load(Ordering::Relaxed)
+    }
+    fn set(&self, v: usize) {
+        self.store(v, Ordering::SeqCst);
+    }
+}
+
+impl MirrorAtomic for AtomicI64 {
+    type Value = i64;
+    fn get(&self) -> i64 {
+        self.load(Ordering::Relaxed)
+    }
+    fn set(&self, v: i64) {
+        self.store(v, Ordering::SeqCst);
+    }
+}
+
 /// Jobs to drop, and waiters to wake, once the lock is released (a
 /// job's captures' `Drop` and a waker are user code).
 #[derive(Default)]
@@ -150,8 +189,7 @@ impl Drop for Locked<'_> {
         // this body): the hint, then the events decided in this critical
         // section, queued while the subscriber list cannot change (emitter
         // invariant 1).
-        self.hint
-            .store(self.guard.best_priority(), Ordering::SeqCst);
+        store_if_changed(self.hint, self.guard.best_priority());
         self.garbage.1.append(&mut self.guard.wakes);
         if !self.guard.out.is_empty() {
             let mut em = self.emitter.lock();
@@ -383,10 +421,12 @@ impl Shared {
                 slot.signal.notify_one();
             }
         }
-        self.idle_workers.store(st.idle.len(), Ordering::SeqCst);
+        store_if_changed(&self.idle_workers, st.idle.len());
         let max = self.max_threads.load(Ordering::SeqCst);
-        self.can_spawn.store(st.alive < max, Ordering::SeqCst);
-        self.alive.store(st.alive, Ordering::SeqCst);
+        if self.can_spawn.load(Ordering::Relaxed) != (st.alive < max) {
+            self.can_spawn.store(st.alive < max, Ordering::SeqCst);
+        }
+        store_if_changed(&self.alive, st.alive);
     }
 
     /// Starts a worker thread for slot `workers.len()`; returns its index.
