@@ -156,7 +156,7 @@ pub(crate) enum Payload {
     Empty,
     /// Ended; kept while its event is pending so that a task added after it
     /// in the meantime gets its result (or its failure).
-    Done(Outcome),
+    Done(Outcome, u64),
 }
 
 /// How a stop call found a task.
@@ -506,9 +506,9 @@ impl TaskCell {
     }
 
     /// Returns the kept outcome of an ended task whose event is pending.
-    pub(crate) fn kept_outcome(&self) -> Option<Outcome> {
+    pub(crate) fn kept_outcome(&self) -> Option<(Outcome, u64)> {
         match &self.payload.lock().work {
-            Payload::Done(o) => Some(o.clone()),
+            Payload::Done(o, order) => Some((o.clone(), *order)),
             _ => None,
         }
     }
@@ -516,22 +516,36 @@ impl TaskCell {
     /// Keeps the outcome for tasks added after this one while its event is
     /// pending (see [`Payload::Done`]).
     pub(crate) fn keep_outcome(&self, outcome: Outcome) {
-        self.payload.lock().work = Payload::Done(outcome);
+        let order = end_order(&outcome);
+        self.payload.lock().work = Payload::Done(outcome, order);
     }
 
     /// Drops a kept outcome (the task was stopped, or nobody will read it).
     pub(crate) fn clear_outcome(&self) {
         let mut slot = self.payload.lock();
-        if matches!(slot.work, Payload::Done(_)) {
+        if matches!(slot.work, Payload::Done(..)) {
             slot.work = Payload::Empty;
         }
+    }
+}
+
+/// Returns the position of an end among the ends that matter to tasks
+/// added later (a `Kwargs` result to merge, a failure to inherit), so
+/// those can be applied in the order the upstream tasks ended (SPEC 3: a
+/// later-completing upstream wins); 0 for other results. Process-wide, and
+/// not touched by the many tasks with other results.
+fn end_order(outcome: &Outcome) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    match outcome {
+        Outcome::Completed(r) if !r.is::<crate::kwargs::Kwargs>() => 0,
+        _ => NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     }
 }
 
 /// How the task of state `s` ended, given its slot.
 fn end_of(s: u64, slot: &Slot) -> HandleEnd {
     match (&slot.work, s & STOPPED != 0) {
-        (Payload::Done(outcome), false) => HandleEnd::Outcome(outcome.clone()),
+        (Payload::Done(outcome, _), false) => HandleEnd::Outcome(outcome.clone()),
         _ => HandleEnd::Stopped,
     }
 }

@@ -183,21 +183,28 @@ impl Locked<'_> {
     }
 }
 
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        // All of this runs before the guard is released (fields drop after
-        // this body): the hint, then the events decided in this critical
-        // section, queued while the subscriber list cannot change (emitter
-        // invariant 1).
+impl Locked<'_> {
+    /// Makes what this critical section decided visible while the lock is
+    /// still held: the hint, then the events, queued while the subscriber
+    /// list cannot change (emitter invariant 1). Runs when the lock is
+    /// released, and before every condvar wait (which releases it too).
+    pub(crate) fn publish(&mut self) {
         store_if_changed(self.hint, self.guard.best_priority());
         self.garbage.1.append(&mut self.guard.wakes);
         if !self.guard.out.is_empty() {
             let mut em = self.emitter.lock();
-            for env in self.guard.out.drain(..) {
-                em.emit(env);
+            for end in self.guard.out.drain(..) {
+                end.announce(&mut em);
             }
             self.notify.0 = Some(self.emitter);
         }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // Before the guard is released (fields drop after this body).
+        self.publish();
     }
 }
 
@@ -1250,6 +1257,9 @@ impl TaskManager {
                 shared.idle_waiters.fetch_sub(1, Ordering::SeqCst);
                 return true;
             }
+            // The wait releases the lock: workers must see what taking it did
+            // (the inbox moved into the locked queue changes the hint).
+            st.publish();
             let timed_out = match deadline {
                 Some(d) => shared.idle_cv.wait_until(&mut st.guard, d).timed_out(),
                 None => {

@@ -41,7 +41,7 @@ use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
 use crate::stats::{GroupStats, Stats, TaskState};
-use crate::subscription::Envelope;
+use crate::subscription::{Emitter, Envelope};
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::task::Job;
 use crate::unwind::Failure;
@@ -121,6 +121,30 @@ pub(crate) struct WorkerSlot {
     pub(crate) retired: bool,
 }
 
+/// A task's end decided under the scheduler lock, to be announced when the
+/// lock is released ([`Outgoing::announce`]).
+pub(crate) struct Outgoing {
+    /// Its terminal event, if anyone subscribed.
+    event: Option<Envelope>,
+    /// The task.
+    cell: Arc<TaskCell>,
+}
+
+impl Outgoing {
+    /// Queues the event, then ends the task's group membership, emitting
+    /// `GroupFinished` right after it if it was the last (emit lock held).
+    pub(crate) fn announce(self, em: &mut Emitter) {
+        if let Some(env) = self.event {
+            em.emit(env);
+        }
+        if let Some(g) = &self.cell.group {
+            if g.end_member() && em.fan_out() > 0 {
+                em.emit(Envelope::group_finished(g.key.clone(), &self.cell));
+            }
+        }
+    }
+}
+
 /// The other locked structures a graph transition touches.
 pub(crate) struct Env<'a> {
     /// Fast tasks by id (registry lock).
@@ -163,11 +187,11 @@ pub(crate) struct State {
     /// Waiters of tasks that ended in this critical section, woken after
     /// the lock is released.
     pub(crate) wakes: Vec<Waiter>,
-    /// Events decided in this critical section, queued in every
-    /// subscription just before the lock is released (after the worker that
-    /// decided them has taken its next task or gone idle, so that an owner
-    /// who reacts to an event finds that worker free).
-    pub(crate) out: Vec<Envelope>,
+    /// Ends decided in this critical section, whose events are queued in
+    /// every subscription just before the lock is released (after the worker
+    /// that decided them has taken its next task or gone idle, so that an
+    /// owner who reacts to an event finds that worker free).
+    pub(crate) out: Vec<Outgoing>,
 }
 
 impl State {
@@ -370,7 +394,9 @@ impl State {
         let seq = cell.seq;
         let mut node = Node::new(Arc::clone(&cell));
         node.input.kwargs = kwargs;
-        let mut failed = None;
+        // Upstream tasks that finished but are still live to the owner (their
+        // event is pending): applied below in the order they ended.
+        let mut ended: SmallVec<[(u64, u64, Outcome); 2]> = SmallVec::new();
         for up in upstream {
             if !self.nodes.contains_key(&up) {
                 // A fast task: promote it, or take what it left.
@@ -394,10 +420,22 @@ impl State {
                 node.waiting_on += 1;
                 continue;
             }
-            match up_node.cell.kept_outcome() {
-                Some(Outcome::Completed(result)) => absorb(&mut node.input, up, &result),
-                Some(Outcome::Failed(f)) => failed = Some(f),
-                None => {}
+            if up_node.cell.is_dead() {
+                continue; // delivered (or stopped): simply satisfied (SPEC 3)
+            }
+            if let Some((outcome, order)) = up_node.cell.kept_outcome() {
+                ended.push((order, up, outcome));
+            }
+        }
+        ended.sort_by_key(|(order, up, _)| (*order, *up));
+        let mut failed = None;
+        for (_, up, outcome) in ended {
+            match outcome {
+                Outcome::Completed(result) => absorb(&mut node.input, up, &result),
+                // The first failure wins: as if added a moment earlier.
+                Outcome::Failed(f) => {
+                    failed.get_or_insert(f);
+                }
             }
         }
         let ready = node.waiting_on == 0 && failed.is_none();
@@ -522,15 +560,15 @@ impl State {
             return false;
         };
         self.wakes.extend(wakes.into_iter().flat_map(|b| *b));
-        if n > 0 {
-            let event = terminal_event(cell, outcome, self.manager);
-            self.out.push(Envelope::terminal(event, cell));
-        }
-        if let Some(g) = &cell.group {
-            if g.end_member() && n > 0 {
-                self.out.push(Envelope::group_finished(g.key.clone(), cell));
-            }
-        }
+        // The group's count is lowered when the event is queued, under the
+        // emit lock, as on the fast path (group invariant 1): so a
+        // `GroupFinished` never overtakes a member's event.
+        let event =
+            (n > 0).then(|| Envelope::terminal(terminal_event(cell, outcome, self.manager), cell));
+        self.out.push(Outgoing {
+            event,
+            cell: Arc::clone(cell),
+        });
         true
     }
 

@@ -55,6 +55,8 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
                 st = shared.lock();
                 continue;
             }
+            // The wait releases the lock: publish what this critical section did.
+            st.publish();
             let signal = Arc::clone(&st.workers[w].signal);
             // Spurious wake-ups just come around the loop again.
             signal.wait(&mut st.guard);
