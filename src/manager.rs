@@ -6,12 +6,20 @@
 //! A task without upstream ("fast") gets its sequence number and a place in
 //! the registry under the registry lock and, if its priority is 0, is
 //! pushed onto the lock-free FIFO in the same critical section, so FIFO
-//! order is id order. Other priorities go to the locked ready queue. A
-//! worker takes its next task without any lock while the locked queue holds
-//! nothing of priority 0 or more (the `hint`), and ends it with atomics on
-//! its cell plus the short emit lock. A task with upstream, or one that
-//! became an upstream while live, has a graph node and goes through the
-//! scheduler lock (`state.rs`).
+//! order is id order. Other priorities go through a lock-free inbox that the
+//! next holder of the scheduler lock moves into the locked ready queue
+//! (every `Shared::lock` drains it first, so decisions under the lock see
+//! every task added before). A worker takes its next task without any lock
+//! while the locked queue holds nothing of priority 0 or more (the `hint`)
+//! and the inbox is empty, and ends it with atomics on its cell plus the
+//! short emit lock. A task with upstream, or one that became an upstream
+//! while live, has a graph node and is added and ended under the scheduler
+//! lock (`state.rs`); it must be added synchronously, so that an upstream
+//! ending a moment later merges its result into it.
+//!
+//! A worker decides its next task, or goes idle, before the events of the
+//! task it just ended can be received, so an owner that reacts to an event
+//! by adding a task finds that worker free (immediate start, below).
 //!
 //! # Why the ordering rules hold on the fast path
 //!
@@ -19,8 +27,9 @@
 //!   says the locked queue's best priority is below 0; otherwise it takes
 //!   the lock and, while the locked queue has nothing better than 0, pulls
 //!   the FIFO's head into it, so the two are compared by (priority, id).
-//!   The hint is stored before the scheduler lock is released, so a pick
-//!   that starts after an add returned sees it.
+//!   The hint is stored before the scheduler lock is released, and before
+//!   any condvar wait releases it ([`Locked::publish`]), so a pick that
+//!   starts after an add returned sees it.
 //! - FIFO within a priority: the FIFO is in id order (above); the locked
 //!   queue orders by id within a priority.
 //! - Pause: a worker that popped the FIFO re-reads `processing`; if it is
@@ -45,9 +54,11 @@
 //!
 //! # Lock order
 //!
-//! scheduler → registry, scheduler → emitter, scheduler → group table;
-//! the registry, the emitter and a group's member list are leaves. The
-//! notifier and user `Drop`s run after every lock is released ([`Locked`]).
+//! scheduler → registry, scheduler → emitter, scheduler → group table,
+//! scheduler → a group's `held` queue, emitter → a cell's slot; the
+//! registry, a group's member list and a cell's slot are leaves. The
+//! notifier, wakers and task closures' `Drop`s run after every lock is
+//! released ([`Locked`]).
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
