@@ -96,12 +96,11 @@ pub(crate) enum Waiter {
 
 /// Waiters taken from a cell that ended, to wake once no lock is held
 /// (a waker is user code).
-#[allow(clippy::box_collection)] // moved out of `Slot::waiters` as it is
-pub(crate) type Wakes = Option<Box<Vec<Waiter>>>;
+pub(crate) type Wakes = Vec<Waiter>;
 
 /// Wakes every waiter in `wakes`.
 pub(crate) fn wake_all(wakes: Wakes) {
-    for w in wakes.into_iter().flat_map(|b| *b) {
+    for w in wakes {
         w.wake();
     }
 }
@@ -125,21 +124,34 @@ pub(crate) enum HandleEnd {
     Stopped,
 }
 
-/// What the slot lock guards.
-pub(crate) struct Slot {
-    /// The work, then the outcome.
-    pub(crate) work: Payload,
-    /// Registered waiters (invariant 7); boxed, since most tasks have none
-    /// and every cell pays for the field (8 bytes instead of 24).
-    #[allow(clippy::box_collection)]
-    waiters: Option<Box<Vec<Waiter>>>,
-    /// The latest progress the task reported (fraction, message).
-    progress: Option<Box<(f32, String)>>,
+/// The rarely used part of a slot.
+#[derive(Default)]
+struct Extras {
+    /// Registered waiters (invariant 7).
+    waiters: Vec<Waiter>,
+    /// Progress reports, if the task made any.
+    progress: Option<Progress>,
+}
+
+/// A task's progress reports.
+#[derive(Default)]
+struct Progress {
+    /// The latest report (fraction, message).
+    latest: (f32, String),
     /// Subscriptions holding a progress marker of this task not yet opened
     /// or dropped; a new report queues a marker only in the others, so each
     /// queue holds at most one per task, delivering the latest report when
     /// opened.
-    progress_pending: SmallVec<[u64; 2]>,
+    pending: SmallVec<[u64; 2]>,
+}
+
+/// What the slot lock guards.
+pub(crate) struct Slot {
+    /// The work, then the outcome.
+    pub(crate) work: Payload,
+    /// Waiters and progress; boxed, since most tasks have neither and
+    /// every cell pays for the field.
+    extras: Option<Box<Extras>>,
 }
 
 /// The part of a cell that moves: the work before the task runs, its
@@ -236,9 +248,7 @@ impl TaskCell {
             state: AtomicU64::new(if promoted { PROMOTED } else { 0 }),
             payload: Mutex::new(Slot {
                 work: Payload::Pending { job, input },
-                waiters: None,
-                progress: None,
-                progress_pending: SmallVec::new(),
+                extras: None,
             }),
         }
     }
@@ -378,7 +388,7 @@ impl TaskCell {
                 Some((s | STOPPED) & !IN_READY)
             }
         });
-        let wakes = prev.ok().and_then(|prev| self.take_waiters(prev));
+        let wakes = prev.map(|prev| self.take_waiters(prev)).unwrap_or_default();
         (found, wakes)
     }
 
@@ -386,9 +396,13 @@ impl TaskCell {
     /// any (invariant 7).
     fn take_waiters(&self, prev: u64) -> Wakes {
         if prev & WAITING == 0 {
-            return None;
+            return Vec::new();
         }
-        self.payload.lock().waiters.take()
+        let mut slot = self.payload.lock();
+        slot.extras
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.waiters))
+            .unwrap_or_default()
     }
 
     /// Returns how the task ended, or registers `waiter` to be woken when it
@@ -400,7 +414,10 @@ impl TaskCell {
             return Some(end_of(s, &slot));
         }
         let waiter = waiter?;
-        slot.waiters.get_or_insert_with(Box::default).push(waiter);
+        slot.extras
+            .get_or_insert_with(Box::default)
+            .waiters
+            .push(waiter);
         let prev = self.state.fetch_or(WAITING, Ordering::AcqRel);
         // The ender may have ended it before seeing WAITING; it then found no
         // waiter to wake, so answer now. (Its CAS came first: the outcome is
@@ -425,7 +442,7 @@ impl TaskCell {
                 Some((s | FINISHED) + pending as u64)
             }
         });
-        let wakes = prev.ok().and_then(|prev| self.take_waiters(prev));
+        let wakes = prev.map(|prev| self.take_waiters(prev)).unwrap_or_default();
         (result, wakes)
     }
 
@@ -484,10 +501,12 @@ impl TaskCell {
         if self.is_ended() {
             return need;
         }
-        slot.progress = Some(Box::new((fraction, message)));
+        let extras = slot.extras.get_or_insert_with(Box::default);
+        let progress = extras.progress.get_or_insert_with(Progress::default);
+        progress.latest = (fraction, message);
         for sub in subs {
-            if !slot.progress_pending.contains(&sub) {
-                slot.progress_pending.push(sub);
+            if !progress.pending.contains(&sub) {
+                progress.pending.push(sub);
                 need.push(sub);
             }
         }
@@ -498,11 +517,12 @@ impl TaskCell {
     /// report to deliver, or `None` if the task was stopped.
     pub(crate) fn settle_progress(&self, sub: u64) -> Option<(f32, String)> {
         let mut slot = self.payload.lock();
-        slot.progress_pending.retain(|s| *s != sub);
+        let progress = slot.extras.as_deref_mut()?.progress.as_mut()?;
+        progress.pending.retain(|s| *s != sub);
         if self.is_stopped() {
             return None;
         }
-        slot.progress.as_deref().cloned()
+        Some(progress.latest.clone())
     }
 
     /// Returns the kept outcome of an ended task whose event is pending.

@@ -146,7 +146,7 @@ impl Drop for Garbage {
         }
         if !self.1.is_empty() {
             let wakes = std::mem::take(&mut self.1);
-            unwind::contain(move || wake_all(Some(Box::new(wakes))));
+            unwind::contain(move || wake_all(wakes));
         }
     }
 }

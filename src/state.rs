@@ -559,7 +559,7 @@ impl State {
             cell.clear_outcome();
             return false;
         };
-        self.wakes.extend(wakes.into_iter().flat_map(|b| *b));
+        self.wakes.extend(wakes);
         // The group's count is lowered when the event is queued, under the
         // emit lock, as on the fast path (group invariant 1): so a
         // `GroupFinished` never overtakes a member's event.
@@ -613,7 +613,7 @@ impl State {
                 continue;
             }
             let (found, wakes) = cell.stop();
-            self.wakes.extend(wakes.into_iter().flat_map(|b| *b));
+            self.wakes.extend(wakes);
             if found == StopFound::NotLive {
                 continue;
             }
