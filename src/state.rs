@@ -605,19 +605,24 @@ impl State {
         self.reap();
         // Pass 1: decide the set, stopping each cell as it joins (after
         // this no queue delivers its events: cell invariant 3).
+        // A cell reached twice is found not live the second time (it was
+        // stopped the first), so diamonds and cycles need no visited set.
         let mut stack = seeds;
-        let mut stopped: Vec<(Arc<TaskCell>, StopFound)> = Vec::new();
-        let mut seen: HashSet<u64> = HashSet::new();
+        let mut stopped: Vec<(Arc<TaskCell>, StopFound, bool)> = Vec::with_capacity(stack.len());
+        let graph = !self.nodes.is_empty();
         while let Some(cell) = stack.pop() {
-            if !seen.insert(cell.seq) {
-                continue;
-            }
             let (found, wakes) = cell.stop();
             self.wakes.extend(wakes);
             if found == StopFound::NotLive {
                 continue;
             }
-            if let Some(node) = self.nodes.get(&cell.seq) {
+            let node = if graph {
+                self.nodes.get(&cell.seq)
+            } else {
+                None
+            };
+            let has_node = node.is_some();
+            if let Some(node) = node {
                 let mut push = |s: &u64| {
                     if let Some(n) = self.nodes.get(s) {
                         stack.push(Arc::clone(&n.cell));
@@ -630,12 +635,12 @@ impl State {
                     node.downstream.iter().for_each(&mut push);
                 }
             }
-            stopped.push((cell, found));
+            stopped.push((cell, found, has_node));
         }
         // Pass 2: undo what each held: its job, its queue entry, its group
         // membership, and its hold on downstream tasks.
         let mut jobs = Vec::new();
-        for (cell, found) in &stopped {
+        for (cell, found, has_node) in &stopped {
             match *found {
                 StopFound::NotLive => unreachable!("filtered in pass 1"),
                 StopFound::Finished => cell.clear_outcome(),
@@ -650,10 +655,14 @@ impl State {
                         // Group invariant 1: stops end members silently.
                         g.end_member();
                     }
-                    self.release_downstream(cell.seq, None);
+                    if *has_node {
+                        self.release_downstream(cell.seq, None);
+                    }
                 }
             }
-            self.nodes.remove(&cell.seq);
+            if *has_node {
+                self.nodes.remove(&cell.seq);
+            }
         }
         Stopped {
             count: stopped.len(),
