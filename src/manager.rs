@@ -48,8 +48,10 @@
 //!    going idle publishes `idle_workers`, then looks for work under the
 //!    lock. Either the worker sees the task, or the submitter sees the
 //!    idle worker and dispatches.
-//! 2. A worker lowers `busy` then reads `idle_waiters`; `wait_idle` raises
-//!    `idle_waiters` then reads `busy` under the lock. A worker that makes
+//! 2. A worker lowers its `busy` count then reads `idle_waiters`;
+//!    `wait_idle` raises `idle_waiters` then reads every worker's `busy`
+//!    under the lock. (Each worker has its own count, so two workers never
+//!    write the same cache line per task.) A worker that makes
 //!    the manager idle while someone waits takes the lock to wake them.
 //!
 //! # Lock order
@@ -255,8 +257,7 @@ pub(crate) struct Shared {
     can_spawn: AtomicBool,
     /// Mirror of `mode == Processing`.
     processing: AtomicBool,
-    /// Workers picking or running a task, and tasks handed to idle workers (race 2).
-    busy: AtomicUsize,
+
     /// Threads in `wait_idle` (race 2).
     idle_waiters: AtomicUsize,
     /// Set by shut-down; subscriptions check it before delivering.
@@ -421,19 +422,19 @@ impl Shared {
                 let Some(cell) = st.pop_ready(&self.fifo) else {
                     break;
                 };
-                self.busy.fetch_add(1, Ordering::SeqCst);
                 let w = match st.idle.pop() {
                     Some(w) => w,
                     None => match self.spawn_worker(st) {
                         Some(w) => w,
                         None => {
-                            self.busy_done();
                             st.unclaim(cell);
                             break;
                         }
                     },
                 };
                 let slot = &mut st.workers[w];
+                // Counted busy before the lock is released (race 2).
+                slot.busy.fetch_add(1, Ordering::SeqCst);
                 slot.idle = false;
                 slot.assigned = Some(cell);
                 slot.signal.notify_one();
@@ -461,6 +462,7 @@ impl Shared {
                     assigned: None,
                     idle: false,
                     retired: false,
+                    busy: Arc::new(AtomicUsize::new(0)),
                 });
                 st.alive += 1;
                 st.handles.push(handle);
@@ -492,24 +494,26 @@ impl Shared {
 
     /// Returns `true` if no task is running and none can start.
     fn is_idle(&self, st: &State) -> bool {
-        self.busy.load(Ordering::SeqCst) == 0
+        st.workers
+            .iter()
+            .all(|w| w.busy.load(Ordering::SeqCst) == 0)
             && (st.mode != Mode::Processing
                 || (self.fifo.is_empty() && st.queued == 0 && self.inbox.is_empty()))
     }
 
     /// Takes the next task for a worker that just finished one, without
     /// the lock when it can (module docs). Returns a claimed cell.
-    pub(crate) fn next_task(self: &Arc<Self>) -> Option<Arc<TaskCell>> {
+    pub(crate) fn next_task(self: &Arc<Self>, busy: &AtomicUsize) -> Option<Arc<TaskCell>> {
         if !self.processing.load(Ordering::SeqCst)
             || self.alive.load(Ordering::SeqCst) > self.max_threads.load(Ordering::SeqCst)
         {
             // Paused, or the pool shrank: go through `go_idle`.
             return None;
         }
-        self.busy.fetch_add(1, Ordering::SeqCst);
+        busy.fetch_add(1, Ordering::SeqCst);
         let picked = self.pick();
         if picked.is_none() {
-            self.busy_done();
+            self.busy_done(busy);
         }
         picked
     }
@@ -549,9 +553,8 @@ impl Shared {
 
     /// Records that a worker stopped picking or running; wakes `wait_idle`
     /// callers if that made the manager idle (race 2).
-    pub(crate) fn busy_done(&self) {
-        if self.busy.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.idle_waiters.load(Ordering::SeqCst) > 0
+    pub(crate) fn busy_done(&self, busy: &AtomicUsize) {
+        if busy.fetch_sub(1, Ordering::SeqCst) == 1 && self.idle_waiters.load(Ordering::SeqCst) > 0
         {
             let _st = self.state.lock();
             self.idle_cv.notify_all();
@@ -577,12 +580,13 @@ impl Shared {
         self: &Arc<Self>,
         cell: Arc<TaskCell>,
         w: usize,
+        busy: &AtomicUsize,
     ) -> Option<Arc<TaskCell>> {
         let Some((job, input)) = cell.take_work() else {
             // Stopped between hand-out and start.
             self.release_group_slot(&cell);
-            let next = self.next_or_idle(w);
-            self.busy_done();
+            let next = self.next_or_idle(w, busy);
+            self.busy_done(busy);
             return next;
         };
         let id = TaskId {
@@ -598,23 +602,23 @@ impl Shared {
         drop(ctx);
         span.end(&outcome, cell.is_stopped());
         let next = if cell.is_promoted() {
-            self.end_in_graph(&cell, outcome, Some(w))
+            self.end_in_graph(&cell, outcome, Some((w, busy)))
         } else {
-            let next = self.next_or_idle(w);
+            let next = self.next_or_idle(w, busy);
             self.end_fast(&cell, outcome);
             next
         };
         self.release_group_slot(&cell);
         // After the events are queued: `wait_idle` must not see this worker
         // idle before its task's events can be received.
-        self.busy_done();
+        self.busy_done(busy);
         next
     }
 
     /// Takes the worker's next task, or registers it idle (taking a task
     /// the dispatcher hands it while doing so).
-    fn next_or_idle(self: &Arc<Self>, w: usize) -> Option<Arc<TaskCell>> {
-        if let Some(next) = self.next_task() {
+    fn next_or_idle(self: &Arc<Self>, w: usize, busy: &AtomicUsize) -> Option<Arc<TaskCell>> {
+        if let Some(next) = self.next_task(busy) {
             return Some(next);
         }
         let mut st = self.lock();
@@ -670,18 +674,18 @@ impl Shared {
         self: &Arc<Self>,
         cell: &Arc<TaskCell>,
         outcome: Outcome,
-        w: Option<usize>,
+        worker: Option<(usize, &AtomicUsize)>,
     ) -> Option<Arc<TaskCell>> {
         let mut st = self.lock();
         let jobs = st.finish(cell, outcome);
         st.discard(jobs);
         let mut next = None;
-        if let Some(w) = w {
+        if let Some((w, busy)) = worker {
             if st.mode == Mode::Processing {
                 next = st.pop_ready(&self.fifo);
             }
             if next.is_some() {
-                self.busy.fetch_add(1, Ordering::SeqCst);
+                busy.fetch_add(1, Ordering::SeqCst);
             } else {
                 self.go_idle(&mut st, w);
                 next = st.workers[w].assigned.take();
@@ -841,7 +845,6 @@ impl TaskManager {
             emitter: Mutex::new(Emitter::default()),
             groups: GroupTable::default(),
             hint: AtomicI64::new(NOTHING_LOCKED),
-            busy: AtomicUsize::new(0),
             idle_waiters: AtomicUsize::new(0),
             idle_workers: AtomicUsize::new(0),
             can_spawn: AtomicBool::new(true),

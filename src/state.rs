@@ -119,6 +119,9 @@ pub(crate) struct WorkerSlot {
     pub(crate) idle: bool,
     /// `true` once the worker must exit (`set_max_threads` shrank the pool).
     pub(crate) retired: bool,
+    /// 1 while the worker picks or runs a task or holds an assignment, for
+    /// `wait_idle` (manager race 2); the worker's own cache line.
+    pub(crate) busy: Arc<crate::sync::AtomicUsize>,
 }
 
 /// A task's end decided under the scheduler lock, to be announced when the

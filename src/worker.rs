@@ -29,10 +29,13 @@ pub(crate) fn with_current(f: impl FnOnce(&Arc<Shared>)) {
 pub(crate) fn run(shared: Arc<Shared>, w: usize) {
     CURRENT.with(|c| *c.borrow_mut() = Some(Arc::clone(&shared)));
     crate::worker_state::install(shared.worker_state.clone());
+    // This worker's own busy count (manager race 2); its slot exists by
+    // now (the spawner pushed it under the lock this first lock waits for).
+    let busy = Arc::clone(&shared.lock().workers[w].busy);
     let mut task = None;
     loop {
         if let Some(cell) = task.take() {
-            task = shared.run_task(cell, w);
+            task = shared.run_task(cell, w, &busy);
             continue;
         }
         let mut st = shared.lock();
