@@ -447,7 +447,14 @@ impl State {
         }
         self.nodes.insert(seq, node);
         match failed {
-            Some(failure) => self.fail(seq, failure),
+            Some(failure) => {
+                // Never ran: its job goes back to be dropped unlocked.
+                let mut jobs: Vec<Job> = cell.take_job().into_iter().collect();
+                jobs.extend(self.fail(seq, failure));
+                // `fail` retires the tasks it cascades to; this one is ours.
+                self.retire(seq);
+                jobs
+            }
             None => {
                 if ready {
                     self.push_ready(cell);
@@ -732,5 +739,76 @@ pub(crate) fn terminal_event(cell: &TaskCell, outcome: &Outcome, manager: u64) -
             message: f.message.clone(),
             traceback: f.traceback.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unwind::Failure;
+
+    fn cell(seq: u64) -> Arc<TaskCell> {
+        let job: Job = Box::new(|_| unreachable!("not run"));
+        Arc::new(TaskCell::new(seq, 0, None, job, None, true))
+    }
+
+    #[test]
+    fn a_task_failed_on_arrival_leaves_no_node_behind() {
+        let registry = Mutex::new(Registry::default());
+        let env = Env {
+            registry: &registry,
+        };
+        let fifo = SegQueue::new();
+        let mut st = State::new(Mode::Processing, 1);
+        let up = cell(0);
+        assert!(st
+            .insert(&env, Arc::clone(&up), Kwargs::new(), Ids::new())
+            .is_empty());
+        let running = st.pop_ready(&fifo).expect("ready");
+        let failure = Failure {
+            message: "boom".into(),
+            traceback: "here".into(),
+        };
+        // No subscriber: a finished task is no longer live, its node goes.
+        assert!(st
+            .finish(&running, Outcome::Failed(Arc::new(failure)))
+            .is_empty());
+        assert!(st.nodes.is_empty());
+        assert!(
+            st.out.iter().all(|o| o.event.is_none()),
+            "no event without a subscriber"
+        );
+        st.out.clear();
+        // With a subscriber the failed upstream stays live until delivered,
+        // and a task added after it fails at once, with it.
+        st.fan_out = 1;
+        let up2 = cell(1);
+        assert!(st
+            .insert(&env, Arc::clone(&up2), Kwargs::new(), Ids::new())
+            .is_empty());
+        let running = st.pop_ready(&fifo).expect("ready");
+        let failure = Failure {
+            message: "boom".into(),
+            traceback: "here".into(),
+        };
+        let _ = st.finish(&running, Outcome::Failed(Arc::new(failure)));
+        let down = cell(2);
+        let jobs = st.insert(
+            &env,
+            Arc::clone(&down),
+            Kwargs::new(),
+            [1].into_iter().collect(),
+        );
+        assert_eq!(
+            jobs.len(),
+            1,
+            "the failed task's job is handed back to drop"
+        );
+        assert!(down.is_finished());
+        assert_eq!(st.out.len(), 2, "two Failed events queued");
+        // Delivering both events leaves nothing behind after a reap.
+        st.out.clear();
+        st.reap();
+        assert!(st.nodes.is_empty(), "nodes left: {}", st.nodes.len());
     }
 }
