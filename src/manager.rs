@@ -369,8 +369,13 @@ impl Shared {
 
     /// Applies the inbox's changes, in order (lock held).
     fn drain_inbox(&self, st: &mut Locked<'_>) {
-        while let Some(cell) = self.inbox.pop() {
-            if st.mode != Mode::ShutDown && !cell.is_stopped() {
+                while let Some(cell) = self.inbox.pop() {
+            if st.mode == Mode::ShutDown {
+                // Added while shutting down: stopped before it ran; its job
+                // is dropped unlocked.
+                let _ = cell.stop();
+                st.discard(cell.take_job());
+            } else if !cell.is_stopped() {
                 st.push_ready(cell);
             }
         }
