@@ -373,7 +373,8 @@ impl Shared {
             if st.mode == Mode::ShutDown {
                 // Added while shutting down: stopped before it ran; its job
                 // is dropped unlocked.
-                let _ = cell.stop();
+                let (_, wakes) = cell.stop();
+                st.wakes.extend(wakes);
                 st.discard(cell.take_job());
             } else if !cell.is_stopped() {
                 st.push_ready(cell);
