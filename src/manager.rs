@@ -369,7 +369,7 @@ impl Shared {
 
     /// Applies the inbox's changes, in order (lock held).
     fn drain_inbox(&self, st: &mut Locked<'_>) {
-                while let Some(cell) = self.inbox.pop() {
+        while let Some(cell) = self.inbox.pop() {
             if st.mode == Mode::ShutDown {
                 // Added while shutting down: stopped before it ran; its job
                 // is dropped unlocked.
