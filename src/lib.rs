@@ -192,7 +192,9 @@
 //! - Reprioritising: [`TaskManager::set_priority`]; resizing:
 //!   [`TaskManager::set_max_threads`].
 //! - Introspection: [`TaskManager::stats`] and [`TaskManager::task_state`].
-//! - A `tracing` span per task, behind the default-on `tracing` feature.
+//! - A `tracing` span per task, behind the default-on `tracing` feature:
+//!   target `bgtask`, name `task`, level `DEBUG`, fields `id`, `group`,
+//!   `priority`, `outcome`, `queued_us` and `run_us` (see the example below).
 //!
 //! ```
 //! use bgtask::{Group, TaskManager};
@@ -208,6 +210,44 @@
 //!         Ok::<_, Infallible>(vec!["a", "b"])
 //!     })?;
 //! assert_eq!(rows.wait()?.len(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! With a `tracing` subscriber installed, every task gets its span (this
+//! one counts them; a real application would use `tracing-subscriber`):
+//!
+//! ```
+//! # #[cfg(feature = "tracing")] {
+//! use bgtask::TaskManager;
+//! use std::convert::Infallible;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use tracing::{span, subscriber::Subscriber, Event, Metadata};
+//!
+//! static TASK_SPANS: AtomicU64 = AtomicU64::new(0);
+//!
+//! struct CountTaskSpans;
+//! impl Subscriber for CountTaskSpans {
+//!     fn enabled(&self, _: &Metadata<'_>) -> bool { true }
+//!     fn new_span(&self, attrs: &span::Attributes<'_>) -> span::Id {
+//!         if attrs.metadata().target() == "bgtask" && attrs.metadata().name() == "task" {
+//!             TASK_SPANS.fetch_add(1, Ordering::SeqCst);
+//!         }
+//!         span::Id::from_u64(1)
+//!     }
+//!     fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+//!     fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+//!     fn event(&self, _: &Event<'_>) {}
+//!     fn enter(&self, _: &span::Id) {}
+//!     fn exit(&self, _: &span::Id) {}
+//! }
+//! tracing::subscriber::set_global_default(CountTaskSpans).unwrap();
+//!
+//! let manager = TaskManager::builder().start_processing(true).build()?;
+//! for n in 0..3 {
+//!     manager.add_task(move |_| Ok::<_, Infallible>(n))?.wait()?;
+//! }
+//! assert_eq!(TASK_SPANS.load(Ordering::SeqCst), 3);
+//! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
