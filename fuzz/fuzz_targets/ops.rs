@@ -24,6 +24,9 @@
 //!   while paused, or blocked behind a task held on a closed gate) never
 //!   runs [6]; a task stopped while held sees `is_stopped()`, a task never
 //!   stopped never does [6];
+//! - a task that `task_state` shows queued or blocked while paused (or
+//!   blocked behind a held task) had not started when the call returned and
+//!   does not start afterwards [2, 9];
 //! - no body runs twice; a `Completed` task ran and returned what its body
 //!   returns; a `Failed` task ran and failed with its own message, or did
 //!   not run and carries the message of an upstream that failed before it
@@ -531,24 +534,33 @@ impl Run {
                 continue;
             }
             let state = self.m.task_state(task.id);
-            match (state, task.body) {
+            let not_started = match (state, task.body) {
                 (Some(TaskState::Running), Body::Gate(g)) if !self.gates.is_open(g) => {
                     held.insert(t);
+                    false
                 }
-                (Some(TaskState::Queued | TaskState::Blocked), _) if self.paused => {
-                    frozen.insert(t);
-                }
+                (Some(TaskState::Queued | TaskState::Blocked), _) if self.paused => true,
                 // Upstream indices are smaller: one pass is a fixpoint.
-                (Some(TaskState::Blocked), _)
-                    if task
-                        .after
-                        .iter()
-                        .any(|u| held.contains(u) || frozen.contains(u)) =>
-                {
-                    frozen.insert(t);
-                }
-                _ => {}
+                (Some(TaskState::Blocked), _) => task
+                    .after
+                    .iter()
+                    .any(|u| held.contains(u) || frozen.contains(u)),
+                _ => false,
+            };
+            if !not_started {
+                continue;
             }
+            // Read after `task_state`: a body that had started by now either
+            // started before the call (then the task was not queued or
+            // blocked) or after it (then it started while it could not).
+            let runs = self.probe.runs(t);
+            if runs > 0 {
+                self.fail(format!(
+                    "task_state(#{t}) said {state:?} (manager {}), but #{t}'s body had started by the time task_state returned or started afterwards; a task that is queued or blocked then must not start",
+                    if self.paused { "paused" } else { "processing, an upstream held on a closed gate" }
+                ));
+            }
+            frozen.insert(t);
         }
         (held, frozen)
     }
