@@ -346,6 +346,14 @@ impl TaskCell {
         self.load() & ENDED != 0
     }
 
+    /// Reads, in one load, whether the task ended and whether a worker
+    /// holds it: `(ended, running)`. Two separate reads could straddle the
+    /// task's end and report a task that already ran as neither.
+    pub(crate) fn progress_state(&self) -> (bool, bool) {
+        let s = self.load();
+        (s & ENDED != 0, s & CLAIMED != 0)
+    }
+
     /// Undoes `claim` for a task no worker could take (under the scheduler lock).
     pub(crate) fn unclaim(&self) {
         self.state.fetch_and(!CLAIMED, Ordering::AcqRel);

@@ -297,9 +297,10 @@ impl State {
 
     /// How a live task stands: queued, blocked or running.
     pub(crate) fn classify(&self, cell: &TaskCell) -> Option<TaskState> {
-        if cell.is_ended() {
+        let (ended, claimed) = cell.progress_state();
+        if ended {
             None
-        } else if cell.is_running() {
+        } else if claimed {
             Some(TaskState::Running)
         } else if self.nodes.get(&cell.seq).is_some_and(|n| n.waiting_on > 0) {
             Some(TaskState::Blocked)
