@@ -44,7 +44,7 @@ use smallvec::SmallVec;
 use crate::group::GroupState;
 use crate::kwargs::Kwargs;
 use crate::result::TaskResult;
-use crate::sync::{Arc, AtomicI32, AtomicU64, Mutex, Ordering};
+use crate::sync::{Arc, AtomicI32, AtomicU64, Mutex, Ordering, Weak};
 use crate::task::Job;
 use crate::unwind::Failure;
 
@@ -70,10 +70,40 @@ const ENDED: u64 = STOPPED | FINISHED;
 /// What a task gets when it starts: its kwargs and its upstream results.
 #[derive(Default)]
 pub(crate) struct Input {
-    /// Own kwargs merged with upstream `Kwargs` results.
+    /// Own kwargs; once the task starts, merged with upstream `Kwargs`
+    /// results ([`Input::merged`]).
     pub(crate) kwargs: Kwargs,
-    /// Results of completed upstream tasks, by upstream sequence number.
-    pub(crate) upstream: SmallVec<[(u64, TaskResult); 1]>,
+    /// Results of completed upstream tasks: (end order, upstream sequence
+    /// number, result). Gathered in any order (a result the submitter took
+    /// from a finished upstream may arrive after a later one's release).
+    pub(crate) upstream: SmallVec<[(u64, u64, TaskResult); 1]>,
+}
+
+impl Input {
+    /// Records a completed upstream task's result.
+    pub(crate) fn absorb(&mut self, order: u64, up: u64, result: &TaskResult) {
+        self.upstream.push((order, up, result.clone()));
+    }
+
+    /// Merges the upstream `Kwargs` results into the task's own kwargs in
+    /// the order the upstream tasks ended (SPEC 3: the upstream's value wins
+    /// on a clash, a later-completing upstream over an earlier one).
+    pub(crate) fn merged(mut self) -> Self {
+        if self.upstream.iter().any(|(order, ..)| *order != 0) {
+            let mut kw: SmallVec<[(u64, u64, &Kwargs); 2]> = self
+                .upstream
+                .iter()
+                .filter_map(|(o, up, r)| r.downcast_ref::<Kwargs>().map(|k| (*o, *up, k)))
+                .collect();
+            kw.sort_by_key(|(o, up, _)| (*o, *up));
+            let mut kwargs = std::mem::take(&mut self.kwargs);
+            for (_, _, k) in kw {
+                kwargs.merge_from(k);
+            }
+            self.kwargs = kwargs;
+        }
+        self
+    }
 }
 
 /// How a task ended.
@@ -93,6 +123,21 @@ pub(crate) enum Waiter {
     /// A task polling the handle as a `Future`.
     Waker(std::task::Waker),
 }
+
+/// What `TaskCell::end_linked` did.
+pub(crate) struct LinkedEnd {
+    /// Waiters to wake once no lock is held.
+    pub(crate) wakes: Wakes,
+    /// The task's live downstream tasks when it ended.
+    pub(crate) downstream: Cells,
+    /// The end's order (see [`end_order`]).
+    pub(crate) order: u64,
+    /// The work of a task that ended before it ran, to drop unlocked.
+    pub(crate) job: Option<Job>,
+}
+
+/// Cells reached through edges; most tasks have one or two neighbours.
+pub(crate) type Cells = SmallVec<[Arc<TaskCell>; 2]>;
 
 /// Waiters taken from a cell that ended, to wake once no lock is held
 /// (a waker is user code).
@@ -145,6 +190,27 @@ struct Progress {
     pending: SmallVec<[u64; 2]>,
 }
 
+/// A task's place in the dependency graph: present once the task has
+/// upstream tasks or a task was added after it while it was live (it is
+/// then `PROMOTED`). Read and changed only under the scheduler lock (and
+/// the slot lock, which guards it); see `state.rs` for its invariants.
+///
+/// Edges are `Weak`: the registry holds every live task, so an edge to a
+/// task that is gone leads nowhere, and no chain of tasks keeps itself
+/// alive or drops recursively.
+#[derive(Default)]
+pub(crate) struct Node {
+    /// Upstream tasks not yet ended (state invariant 2).
+    pub(crate) waiting_on: u32,
+    /// Upstream tasks that were live when this task was added.
+    pub(crate) upstream: SmallVec<[Weak<TaskCell>; 2]>,
+    /// Tasks added later with this one upstream.
+    pub(crate) downstream: SmallVec<[Weak<TaskCell>; 2]>,
+    /// Own kwargs and upstream results gathered while blocked; the worker
+    /// takes them when it starts the task.
+    pub(crate) input: Input,
+}
+
 /// What the slot lock guards.
 pub(crate) struct Slot {
     /// The work, then the outcome.
@@ -152,6 +218,8 @@ pub(crate) struct Slot {
     /// Waiters and progress; boxed, since most tasks have neither and
     /// every cell pays for the field.
     extras: Option<Box<Extras>>,
+    /// The task's graph node, if it has one (boxed: most tasks have none).
+    pub(crate) node: Option<Box<Node>>,
 }
 
 /// The part of a cell that moves: the work before the task runs, its
@@ -229,16 +297,17 @@ impl fmt::Debug for TaskCell {
 }
 
 impl TaskCell {
-    /// Creates the cell of a new task. `promoted` for tasks that get a graph
-    /// node at once (those with upstream tasks).
+    /// Creates the cell of a new task; with a `node` for tasks that get one
+    /// at once (those with upstream tasks), which are then `PROMOTED`.
     pub(crate) fn new(
         seq: u64,
         priority: i32,
         group: Option<Arc<GroupState>>,
         job: Job,
         input: Option<Box<Input>>,
-        promoted: bool,
+        node: Option<Box<Node>>,
     ) -> Self {
+        let promoted = node.is_some();
         TaskCell {
             seq,
             priority: AtomicI32::new(priority),
@@ -249,6 +318,7 @@ impl TaskCell {
             payload: Mutex::new(Slot {
                 work: Payload::Pending { job, input },
                 extras: None,
+                node,
             }),
         }
     }
@@ -297,6 +367,7 @@ impl TaskCell {
     }
 
     /// Returns `true` if some queue still holds the terminal event.
+    #[cfg(test)]
     pub(crate) fn has_pending(&self) -> bool {
         self.load() & PENDING != 0
     }
@@ -359,17 +430,46 @@ impl TaskCell {
         self.state.fetch_and(!CLAIMED, Ordering::AcqRel);
     }
 
-    /// Gives a worker the work and input of a claimed task.
-    pub(crate) fn take_work(&self) -> Option<(Job, Option<Box<Input>>)> {
-        match std::mem::replace(&mut self.payload.lock().work, Payload::Empty) {
-            Payload::Pending { job, input } => Some((job, input)),
+    /// Gives a worker the work and input of a claimed task: the input
+    /// added with it (a task without upstream) or gathered in its node.
+    pub(crate) fn take_work(&self) -> Option<(Job, Input)> {
+        let mut slot = self.payload.lock();
+        if !matches!(slot.work, Payload::Pending { .. }) {
+            return None; // taken already, or ended: an outcome stays
+        }
+        match std::mem::replace(&mut slot.work, Payload::Empty) {
+            Payload::Pending { job, input } => {
+                let input = match (input, slot.node.as_deref_mut()) {
+                    (Some(input), _) => *input,
+                    (None, Some(node)) => std::mem::take(&mut node.input).merged(),
+                    (None, None) => Input::default(),
+                };
+                Some((job, input))
+            }
             _ => None,
         }
     }
 
     /// Takes the job of a task that will never run.
     pub(crate) fn take_job(&self) -> Option<Job> {
-        self.take_work().map(|(job, _)| job)
+        let mut slot = self.payload.lock();
+        if !matches!(slot.work, Payload::Pending { .. }) {
+            return None; // taken already, or ended: an outcome stays
+        }
+        match std::mem::replace(&mut slot.work, Payload::Empty) {
+            Payload::Pending { job, .. } => Some(job),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` on the task's graph node, if it has one (scheduler lock held).
+    pub(crate) fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> R) -> Option<R> {
+        self.payload.lock().node.as_deref_mut().map(f)
+    }
+
+    /// Returns the number of upstream tasks the task still waits for.
+    pub(crate) fn waiting_on(&self) -> u32 {
+        self.with_node(|n| n.waiting_on).unwrap_or(0)
     }
 
     /// Stops the task if it is live (invariants 1, 2). Called under the
@@ -454,12 +554,61 @@ impl TaskCell {
         (result, wakes)
     }
 
-    /// Marks the outcome decided for a task with a graph node, counting
-    /// `pending` queues as `end_fast` does; `false` if it had ended. Called
-    /// under the scheduler lock.
-    pub(crate) fn end_promoted(&self, pending: usize) -> Option<Wakes> {
-        let prev = self.update(|s| (s & ENDED == 0).then_some((s | FINISHED) + pending as u64));
-        prev.ok().map(|prev| self.take_waiters(prev))
+    /// Ends a task with a graph node (scheduler lock held): keeps its
+    /// outcome, marks it `FINISHED` counting `pending` queues as `end_fast`
+    /// does, and takes a snapshot of its downstream tasks, all under the
+    /// slot lock, so that a submitter linking a new task to it (also under
+    /// the slot lock, `state::link`) either is in the snapshot or sees it
+    /// finished. With `only_blocked`, ends it only if it waits for an
+    /// upstream task (a failure cascade: a released task runs).
+    ///
+    /// Returns `None` if it had ended, or was not blocked.
+    pub(crate) fn end_linked(
+        &self,
+        outcome: &Outcome,
+        pending: usize,
+        only_blocked: bool,
+    ) -> Option<LinkedEnd> {
+        let mut slot = self.payload.lock();
+        let blocked = slot.node.as_ref().is_some_and(|n| n.waiting_on > 0);
+        if self.load() & ENDED != 0 || (only_blocked && !blocked) {
+            return None;
+        }
+        let order = end_order(outcome);
+        let prev = self
+            .update(|s| (s & ENDED == 0).then_some((s | FINISHED) + pending as u64))
+            .ok()?; // stopped a moment ago: the stop owns its end
+                    // A blocked task's work is still here: it never runs.
+        let job = match std::mem::replace(&mut slot.work, Payload::Done(outcome.clone(), order)) {
+            Payload::Pending { job, .. } => Some(job),
+            _ => None,
+        };
+        let mut downstream = Cells::new();
+        if let Some(node) = slot.node.as_deref_mut() {
+            // An ended task is never released (state invariant 2).
+            node.waiting_on = 0;
+            downstream.extend(node.downstream.iter().filter_map(Weak::upgrade));
+        }
+        let wakes = if prev & WAITING != 0 {
+            slot.extras
+                .as_mut()
+                .map(|e| std::mem::take(&mut e.waiters))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Some(LinkedEnd {
+            wakes,
+            downstream,
+            order,
+            job,
+        })
+    }
+
+    /// Returns the live tasks added after this one with it upstream.
+    pub(crate) fn downstream(&self) -> Cells {
+        self.with_node(|n| n.downstream.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
     }
 
     /// Sets `PROMOTED` if the task has not ended; returns the state seen
@@ -533,14 +682,6 @@ impl TaskCell {
         Some(progress.latest.clone())
     }
 
-    /// Returns the kept outcome of an ended task whose event is pending.
-    pub(crate) fn kept_outcome(&self) -> Option<(Outcome, u64)> {
-        match &self.payload.lock().work {
-            Payload::Done(o, order) => Some((o.clone(), *order)),
-            _ => None,
-        }
-    }
-
     /// Keeps the outcome for tasks added after this one while its event is
     /// pending (see [`Payload::Done`]).
     pub(crate) fn keep_outcome(&self, outcome: Outcome) {
@@ -596,7 +737,7 @@ mod tests {
 
     fn cell() -> TaskCell {
         let job: Job = Box::new(|_| unreachable!());
-        TaskCell::new(1, 0, None, job, None, false)
+        TaskCell::new(1, 0, None, job, None, None)
     }
 
     #[test]
@@ -657,8 +798,9 @@ mod tests {
         assert_eq!(c.promote(), Ok(()));
         assert_eq!(c.end_fast(1).0, FastEnd::Promoted);
         assert!(!c.has_pending(), "a declined end counts nothing");
-        assert!(c.end_promoted(0).is_some());
-        assert!(c.end_promoted(0).is_none(), "ends once");
+        let done = Outcome::Completed(TaskResult::new(()));
+        assert!(c.end_linked(&done, 0, false).is_some());
+        assert!(c.end_linked(&done, 0, false).is_none(), "ends once");
         assert_eq!(cell().promote(), Ok(()));
         let d = cell();
         assert!(d.claim());

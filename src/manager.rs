@@ -79,7 +79,7 @@ use crate::handle::TaskHandle;
 use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
-use crate::state::{terminal_event, Env, Ids, Mode, State, WorkerSlot};
+use crate::state::{self, terminal_event, Env, Ids, Linked, Mode, State, WorkerSlot};
 use crate::stats::{Stats, TaskState};
 use crate::subscription::{self, Emitter, Envelope, Subscription};
 use crate::sync::{
@@ -234,15 +234,47 @@ impl DerefMut for Locked<'_> {
     }
 }
 
+/// Ready tasks of other priorities than 0 on their way to the locked
+/// ready queue.
+///
+/// A worker picks from the FIFO without the lock only if the inbox is
+/// empty and the hint says the locked queue has nothing of priority 0 or
+/// more. A lock holder that moves a task from the inbox to the locked queue
+/// publishes the hint before `len` stops counting the task, so a worker
+/// that sees `len` at 0 (both `SeqCst`) also sees the hint that accounts
+/// for it; `queue.is_empty()` alone would let a worker slip between the
+/// move and the hint and run a priority-0 task ahead of a better one.
+#[derive(Default)]
+struct Inbox {
+    /// The tasks, oldest first.
+    queue: SegQueue<Arc<TaskCell>>,
+    /// Tasks pushed (counted before the push) and not yet moved to the
+    /// locked queue with the hint published.
+    len: AtomicUsize,
+}
+
+impl Inbox {
+    /// Adds a ready task.
+    fn push(&self, cell: Arc<TaskCell>) {
+        self.len.fetch_add(1, Ordering::SeqCst);
+        self.queue.push(cell);
+    }
+
+    /// Returns `true` if no task is on its way to the locked queue.
+    fn is_empty(&self) -> bool {
+        self.len.load(Ordering::SeqCst) == 0
+    }
+}
+
 /// What all clones of a manager and its workers share.
 pub(crate) struct Shared {
     /// The scheduler state: graph, locked ready queue, workers.
     state: Mutex<State>,
     /// Ready fast tasks of priority 0, in id order (module docs).
     fifo: SegQueue<Arc<TaskCell>>,
-    /// Ready fast tasks of other priorities than 0, waiting for the
-    /// scheduler lock to enter the locked ready queue (module docs).
-    inbox: SegQueue<Arc<TaskCell>>,
+    /// Ready tasks of other priorities than 0, waiting for the scheduler
+    /// lock to enter the locked ready queue (module docs).
+    inbox: Inbox,
     /// Fast tasks by id.
     registry: Mutex<Registry>,
     /// Subscriptions and notifier: the emit lock.
@@ -334,23 +366,41 @@ impl Shared {
         }
         upstream.sort_unstable();
         upstream.dedup();
-        // Under the lock: the edges must exist before `spawn` returns, so
-        // that an upstream ending a moment later merges its result into
-        // this task (a deferred insert would find it ended and delivered).
-        let mut st = self.lock();
-        if st.mode == Mode::ShutDown {
-            return Err(Error::ShutDown);
-        }
         let group = group.map(|g| self.groups.join(g));
-        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
-        let cell = Arc::new(TaskCell::new(seq, priority, group, job, None, true));
+        let node = state::new_node(kwargs, &upstream);
+        // Without the scheduler lock (module docs): the edges exist before
+        // `spawn` returns, so an upstream ending a moment later releases
+        // this task with its result.
+        let (cell, linked) = {
+            let mut registry = self.registry.lock();
+            let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+            let cell = Arc::new(TaskCell::new(seq, priority, group, job, None, Some(node)));
+            registry.push(Arc::clone(&cell));
+            let linked = state::link(&registry, &cell, &upstream);
+            if matches!(linked, Linked::Ready) && priority == 0 {
+                // Under the registry lock, like a fast task: FIFO order is id order.
+                self.fifo.push(Arc::clone(&cell));
+            }
+            (cell, linked)
+        };
         GroupTable::add_member(&cell);
-        let failed = st.insert(&self.env(), Arc::clone(&cell), kwargs, upstream);
-        st.discard(failed);
-        self.dispatch(&mut st);
+        match linked {
+            Linked::Ready => {
+                if priority != 0 {
+                    self.inbox.push(Arc::clone(&cell));
+                }
+                self.after_inbox_push();
+            }
+            Linked::Blocked => {}
+            Linked::Failed(failure) => {
+                let mut st = self.lock();
+                let jobs = st.fail_on_arrival(&cell, failure);
+                st.discard(jobs);
+            }
+        }
         Ok((
             TaskId {
-                seq,
+                seq: cell.seq,
                 manager: self.manager_id,
             },
             cell,
@@ -367,18 +417,26 @@ impl Shared {
         }
     }
 
-    /// Applies the inbox's changes, in order (lock held).
+    /// Applies the inbox's changes, in order (lock held), then publishes
+    /// the hint before the inbox stops counting them (see [`Inbox`]).
     fn drain_inbox(&self, st: &mut Locked<'_>) {
-        while let Some(cell) = self.inbox.pop() {
+        let mut drained = 0;
+        while let Some(cell) = self.inbox.queue.pop() {
+            drained += 1;
             if st.mode == Mode::ShutDown {
                 // Added while shutting down: stopped before it ran; its job
                 // is dropped unlocked.
                 let (_, wakes) = cell.stop();
                 st.wakes.extend(wakes);
                 st.discard(cell.take_job());
-            } else if !cell.is_stopped() {
+            } else if !cell.is_stopped() && !cell.is_in_ready() {
+                // (`set_priority` may have queued it already.)
                 st.push_ready(cell);
             }
+        }
+        if drained > 0 {
+            store_if_changed(&self.hint, st.guard.best_priority());
+            self.inbox.len.fetch_sub(drained, Ordering::SeqCst);
         }
     }
 
@@ -400,7 +458,7 @@ impl Shared {
         let cell = {
             let mut registry = self.registry.lock();
             let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
-            let cell = Arc::new(TaskCell::new(seq, priority, group, job, input, false));
+            let cell = Arc::new(TaskCell::new(seq, priority, group, job, input, None));
             registry.push(Arc::clone(&cell));
             if priority == 0 {
                 self.fifo.push(Arc::clone(&cell));
@@ -527,21 +585,26 @@ impl Shared {
     /// The pick of `next_task`.
     fn pick(self: &Arc<Self>) -> Option<Arc<TaskCell>> {
         loop {
+            // The inbox first, then the hint (see `Inbox`).
+            let inbox_empty = self.inbox.is_empty();
             let hint = self.hint.load(Ordering::SeqCst);
-            if hint < 0 && self.inbox.is_empty() {
+            if hint < 0 && inbox_empty {
                 if let Some(cell) = self.fifo.pop() {
+                    if !cell.claim() {
+                        continue; // stopped while queued, or moved by `set_priority`
+                    }
+                    // Claimed, then `processing` read: if a pause's store came
+                    // first, this sees it and the task does not start; if not,
+                    // the task was claimed (started) before the pause returned.
+                    fence(Ordering::SeqCst);
                     if !self.processing.load(Ordering::SeqCst) {
-                        // Paused meanwhile: keep its place, by id, in the locked queue.
-                        let mut st = self.lock();
-                        if !cell.is_stopped() && !cell.is_in_ready() && st.mode != Mode::ShutDown {
-                            st.push_ready(cell);
-                        }
+                        self.unclaim_paused(cell);
                         return None;
                     }
-                    if cell.claim() && cell.group.as_ref().is_none_or(|g| g.admit(&cell)) {
+                    if cell.group.as_ref().is_none_or(|g| g.admit(&cell)) {
                         return Some(cell);
                     }
-                    continue; // stopped while queued, or held by its group's limit
+                    continue; // held by its group's limit
                 }
                 if hint == NOTHING_LOCKED && self.inbox.is_empty() {
                     return None;
@@ -554,6 +617,20 @@ impl Shared {
             let picked = st.pop_ready(&self.fifo);
             self.dispatch(&mut st);
             return picked;
+        }
+    }
+
+    /// Puts back a task a worker claimed from the FIFO as the manager was
+    /// paused: it keeps its place, by id, in the locked queue. Under the
+    /// lock, so that a stop that saw it claimed (and so left its job to the
+    /// worker) is seen here, and the job dropped.
+    fn unclaim_paused(&self, cell: Arc<TaskCell>) {
+        let mut st = self.lock();
+        cell.unclaim();
+        if cell.is_stopped() || st.mode == Mode::ShutDown {
+            st.discard(cell.take_job());
+        } else {
+            st.push_ready(cell);
         }
     }
 
@@ -846,7 +923,7 @@ impl TaskManager {
         let shared = Shared {
             state: Mutex::new(State::new(mode, manager_id)),
             fifo: SegQueue::new(),
-            inbox: SegQueue::new(),
+            inbox: Inbox::default(),
             registry: Mutex::new(Registry::default()),
             emitter: Mutex::new(Emitter::default()),
             groups: GroupTable::default(),

@@ -184,7 +184,7 @@ mod tests {
 
     fn cell(seq: u64) -> Arc<TaskCell> {
         let job: Job = Box::new(|_| unreachable!());
-        Arc::new(TaskCell::new(seq, 0, None, job, None, false))
+        Arc::new(TaskCell::new(seq, 0, None, job, None, None))
     }
 
     fn drain(q: &mut ReadyQueue) -> Vec<u64> {

@@ -1,11 +1,12 @@
-//! The registry: tasks without a graph node, by sequence number, so that
-//! stop calls and `after` can find them.
+//! The registry: every task by sequence number, so that stop calls and
+//! `after` can find them; it also holds the strong reference that keeps a
+//! live task's cell (and so its graph edges' targets) alive.
 //!
 //! # Invariants
 //!
 //! 1. `cells` is sorted by sequence number: entries are pushed under this
 //!    lock with sequence numbers allocated under it.
-//! 2. Every fast task that is live to the owner is in `cells`. Dead ones
+//! 2. Every task that is live to the owner is in `cells`. Dead ones
 //!    leave from the front when pushing, and from anywhere when the deque
 //!    has doubled since the last compaction (amortised O(1) per task).
 
@@ -14,7 +15,7 @@ use std::collections::VecDeque;
 use crate::cell::TaskCell;
 use crate::sync::Arc;
 
-/// Fast tasks by sequence number; guarded by its own lock.
+/// Tasks by sequence number; guarded by its own lock.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     /// Cells in increasing sequence order (invariant 1).

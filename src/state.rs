@@ -4,20 +4,22 @@
 //! Tasks without upstream normally never come here: they go from the
 //! submitter through the lock-free FIFO (or, with another priority than 0,
 //! the locked ready queue) to a worker, and end with atomics on their cell
-//! (see `cell.rs`). A task gets a graph *node* when it has upstream tasks
-//! (at once) or when a task is added after it while it is live
-//! (*promotion*); from then on its end goes through this lock.
+//! (see `cell.rs`). A task gets a graph *node* (`cell::Node`, kept in its
+//! cell) when it has upstream tasks (at once) or when a task is added after
+//! it while it is live (*promotion*); from then on its end goes through
+//! this lock. Every live task is in the registry, so a task is found by id
+//! without hashing, and the graph is walked through the nodes' edges.
 //!
 //! # Invariants
 //!
-//! 1. `nodes` holds every promoted task not yet ended, and every task with
-//!    a node that ended by finishing while its event is pending (so stops
-//!    can cascade through it). A stopped task leaves `nodes` in the stop
-//!    call. Finished ones leave once delivered (`reap`).
+//! 1. Nodes are read and changed only under this lock. A node's edges are
+//!    kept while its task is live to the owner (so stops cascade through a
+//!    finished task whose event is pending); edges to tasks that are no
+//!    longer live are skipped, never followed.
 //! 2. A node's `waiting_on` is the number of its upstream tasks that have
 //!    not ended. The node is *blocked* while it is positive; it reaches 0
-//!    exactly when the node's input is moved into its cell and the cell is
-//!    pushed into the ready queue.
+//!    exactly once, when its cell is pushed into the ready queue (its
+//!    gathered input stays in the node for the worker).
 //! 3. `queued` is the number of cells with `IN_READY` set; each has exactly
 //!    one entry in `ready`. Other entries there are stale and skipped.
 //! 4. Events of graph tasks are queued under this lock and the emit lock
@@ -25,78 +27,28 @@
 //!    tasks are released, in the same critical section.
 //!
 //! Lock order: scheduler → registry, scheduler → emitter,
-//! scheduler → group table. No user code runs under any of them: jobs of
+//! scheduler → group table, scheduler → a cell's slot (one at a time). No user code runs under any of them: jobs of
 //! tasks that will never run are returned to be dropped after unlocking.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::mem;
+use std::collections::HashMap;
 
 use crossbeam_queue::SegQueue;
 use smallvec::SmallVec;
 
-use crate::cell::{Ended, Input, Outcome, Payload, StopFound, TaskCell, Waiter};
+use crate::cell::{Cells, Ended, Input, Node, Outcome, Payload, StopFound, TaskCell, Waiter};
 use crate::event::Event;
 use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
+use crate::result::TaskResult;
 use crate::stats::{GroupStats, Stats, TaskState};
 use crate::subscription::{Emitter, Envelope};
-use crate::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Arc, Condvar, Mutex, Weak};
 use crate::task::Job;
 use crate::unwind::Failure;
 
-/// Hashes task sequence numbers: they are unique and dense, so one
-/// multiplication spreads them well enough.
-#[derive(Default)]
-pub(crate) struct SeqHasher(u64);
-
-impl Hasher for SeqHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// Sequence numbers of a node's neighbours: most have one or two.
+/// Sequence numbers of a new task's upstream tasks: most have one or two.
 pub(crate) type Ids = SmallVec<[u64; 2]>;
-
-/// Map from task sequence number to node.
-type NodeMap = HashMap<u64, Node, BuildHasherDefault<SeqHasher>>;
-
-/// The graph's record of a task with edges.
-struct Node {
-    /// The task.
-    cell: Arc<TaskCell>,
-    /// Upstream tasks not yet ended (invariant 2).
-    waiting_on: u32,
-    /// Upstream tasks that were live when this task was added.
-    upstream: Ids,
-    /// Tasks added later with this one upstream.
-    downstream: Ids,
-    /// Own kwargs and upstream results gathered while blocked.
-    input: Input,
-}
-
-impl Node {
-    /// A node for `cell` with no edges yet.
-    fn new(cell: Arc<TaskCell>) -> Self {
-        Node {
-            cell,
-            waiting_on: 0,
-            upstream: Ids::new(),
-            downstream: Ids::new(),
-            input: Input::default(),
-        }
-    }
-}
 
 /// Whether the scheduler starts tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,14 +119,10 @@ pub(crate) struct Stopped {
 pub(crate) struct State {
     /// See [`Mode`].
     pub(crate) mode: Mode,
-    /// Graph nodes (invariant 1).
-    nodes: NodeMap,
     /// Ready tasks that do not use the FIFO (invariant 3).
     ready: crate::ready::ReadyQueue,
     /// Live entries in `ready` (invariant 3).
     pub(crate) queued: usize,
-    /// Finished nodes whose event may be pending, oldest first.
-    finished: VecDeque<Arc<TaskCell>>,
     /// Worker threads, by index.
     pub(crate) workers: Vec<WorkerSlot>,
     /// Indices of idle workers, most recently idle last.
@@ -202,10 +150,8 @@ impl State {
     pub(crate) fn new(mode: Mode, manager: u64) -> Self {
         State {
             mode,
-            nodes: NodeMap::default(),
             ready: crate::ready::ReadyQueue::default(),
             queued: 0,
-            finished: VecDeque::new(),
             workers: Vec::new(),
             idle: Vec::new(),
             alive: 0,
@@ -266,7 +212,7 @@ impl State {
         if cell.is_ended() || cell.is_running() {
             return false;
         }
-        if self.nodes.get(&cell.seq).is_some_and(|n| n.waiting_on > 0) {
+        if cell.waiting_on() > 0 {
             cell.set_priority(priority);
             return true;
         }
@@ -302,7 +248,7 @@ impl State {
             None
         } else if claimed {
             Some(TaskState::Running)
-        } else if self.nodes.get(&cell.seq).is_some_and(|n| n.waiting_on > 0) {
+        } else if cell.waiting_on() > 0 {
             Some(TaskState::Blocked)
         } else {
             Some(TaskState::Queued)
@@ -351,118 +297,52 @@ impl State {
         self.push_ready(cell);
     }
 
-    /// Returns the cell of the live task `seq`, graph or fast.
+    /// Returns the cell of the live task `seq`.
     pub(crate) fn find(&self, env: &Env<'_>, seq: u64) -> Option<Arc<TaskCell>> {
-        match self.nodes.get(&seq) {
-            Some(n) => Some(Arc::clone(&n.cell)),
-            None => env.registry.lock().find(seq).cloned(),
-        }
+        env.registry.lock().find(seq).cloned()
     }
 
     /// Every task live to the owner.
     pub(crate) fn all_live(&self, env: &Env<'_>) -> Vec<Arc<TaskCell>> {
-        let mut all: Vec<Arc<TaskCell>> = self
-            .nodes
-            .values()
-            .filter(|n| !n.cell.is_dead())
-            .map(|n| Arc::clone(&n.cell))
-            .collect();
-        all.extend(
-            env.registry
-                .lock()
-                .live()
-                .into_iter()
-                .filter(|c| !c.is_promoted()),
-        );
-        all
+        env.registry.lock().live()
     }
 
-    /// Adds a task with upstream tasks (its cell is promoted). Upstream
-    /// sequence numbers must have been validated as issued by this manager.
-    ///
-    /// An upstream that ended is satisfied. One that finished while its
-    /// event is still pending is satisfied too, but its `Kwargs` result is
-    /// merged at once, or, if it failed, the new task fails with it (as it
-    /// would have, had it been added a moment earlier). A live fast upstream
-    /// is promoted: it gets a node, so its end comes through this lock.
-    ///
-    /// Returns jobs to drop unlocked (of a task failed on arrival).
-    #[must_use = "the jobs must be dropped after the lock is released"]
+    /// Adds `cell` (made with a node from [`new_node`] for `upstream`) as
+    /// `submit` does, except that a ready task goes to the locked queue.
+    /// For tests of the graph.
+    #[cfg(test)]
     pub(crate) fn insert(
         &mut self,
         env: &Env<'_>,
-        cell: Arc<TaskCell>,
-        kwargs: Kwargs,
-        upstream: Ids,
+        cell: &Arc<TaskCell>,
+        upstream: &Ids,
     ) -> Vec<Job> {
-        let seq = cell.seq;
-        let mut node = Node::new(Arc::clone(&cell));
-        node.input.kwargs = kwargs;
-        // Upstream tasks that finished but are still live to the owner (their
-        // event is pending): applied below in the order they ended.
-        let mut ended: SmallVec<[(u64, u64, Outcome); 2]> = SmallVec::new();
-        for up in upstream {
-            if !self.nodes.contains_key(&up) {
-                // A fast task: promote it, or take what it left.
-                let Some(up_cell) = env.registry.lock().find(up).cloned() else {
-                    continue;
-                };
-                match up_cell.promote() {
-                    Ok(()) => {}
-                    Err(Ended::FinishedPending) => {
-                        // Keep a node so stop cascades can reach its event.
-                        self.finished.push_back(Arc::clone(&up_cell));
-                    }
-                    Err(Ended::Stopped | Ended::Delivered) => continue,
-                }
-                self.nodes.insert(up, Node::new(up_cell));
-            }
-            let up_node = self.nodes.get_mut(&up).expect("inserted above");
-            up_node.downstream.push(seq);
-            node.upstream.push(up);
-            if !up_node.cell.is_finished() {
-                node.waiting_on += 1;
-                continue;
-            }
-            if up_node.cell.is_dead() {
-                continue; // delivered (or stopped): simply satisfied (SPEC 3)
-            }
-            if let Some((outcome, order)) = up_node.cell.kept_outcome() {
-                ended.push((order, up, outcome));
-            }
-        }
-        ended.sort_by_key(|(order, up, _)| (*order, *up));
-        let mut failed = None;
-        for (_, up, outcome) in ended {
-            match outcome {
-                Outcome::Completed(result) => absorb(&mut node.input, up, &result),
-                // The first failure wins: as if added a moment earlier.
-                Outcome::Failed(f) => {
-                    failed.get_or_insert(f);
-                }
-            }
-        }
-        let ready = node.waiting_on == 0 && failed.is_none();
-        if ready {
-            hand_over_input(&mut node);
-        }
-        self.nodes.insert(seq, node);
-        match failed {
-            Some(failure) => {
-                // Never ran: its job goes back to be dropped unlocked.
-                let mut jobs: Vec<Job> = cell.take_job().into_iter().collect();
-                jobs.extend(self.fail(seq, failure));
-                // `fail` retires the tasks it cascades to; this one is ours.
-                self.retire(seq);
-                jobs
-            }
-            None => {
-                if ready {
-                    self.push_ready(cell);
-                }
+        let linked = {
+            let mut registry = env.registry.lock();
+            registry.push(Arc::clone(cell));
+            link(&registry, cell, upstream)
+        };
+        match linked {
+            Linked::Ready => {
+                self.push_ready(Arc::clone(cell));
                 Vec::new()
             }
+            Linked::Blocked => Vec::new(),
+            Linked::Failed(f) => self.fail_on_arrival(cell, f),
         }
+    }
+
+    /// Finishes adding a task whose [`link`] found a failed upstream task
+    /// with its event pending: the task fails with it, as it would have had
+    /// it been added a moment earlier, unless a cascade failed it already.
+    /// Returns the jobs to drop unlocked.
+    #[must_use = "the jobs must be dropped after the lock is released"]
+    pub(crate) fn fail_on_arrival(
+        &mut self,
+        cell: &Arc<TaskCell>,
+        failure: Arc<Failure>,
+    ) -> Vec<Job> {
+        self.fail(cell, failure, true)
     }
 
     /// Ends a promoted task that a worker ran, with its outcome: emits its
@@ -471,106 +351,73 @@ impl State {
     /// Returns the jobs of tasks failed by the cascade, to drop unlocked.
     #[must_use = "the jobs must be dropped after the lock is released"]
     pub(crate) fn finish(&mut self, cell: &Arc<TaskCell>, outcome: Outcome) -> Vec<Job> {
-        let seq = cell.seq;
-        if !self.nodes.contains_key(&seq) {
-            // Stopped while running: its node left and its outcome is dropped.
+        if cell.is_stopped() {
+            // Stopped while running: its outcome is dropped, and the stop
+            // released its downstream tasks.
             return Vec::new();
         }
-        let jobs = match &outcome {
+        match &outcome {
             Outcome::Completed(result) => {
-                if !self.end_and_emit(cell, &outcome) {
-                    return Vec::new();
+                let mut jobs = Vec::new();
+                if let Some((downstream, order)) =
+                    self.end_and_emit(cell, &outcome, false, &mut jobs)
+                {
+                    self.release(cell.seq, downstream, Some((order, result)));
                 }
-                self.release_downstream(seq, Some(result));
-                Vec::new()
+                jobs
             }
-            Outcome::Failed(failure) => self.fail(seq, Arc::clone(failure)),
-        };
-        self.retire(seq);
-        self.reap();
-        jobs
-    }
-
-    /// Releases the downstream tasks of `seq`, which ended; `result` is its
-    /// result if it completed (merged into theirs) or `None` if stopped.
-    fn release_downstream(&mut self, seq: u64, result: Option<&crate::result::TaskResult>) {
-        let Some(node) = self.nodes.get_mut(&seq) else {
-            return;
-        };
-        let downstream = mem::take(&mut node.downstream);
-        for &d in &downstream {
-            let Some(dn) = self.nodes.get_mut(&d) else {
-                continue;
-            };
-            if dn.waiting_on == 0 || dn.cell.is_stopped() || dn.cell.is_finished() {
-                continue;
-            }
-            if let Some(result) = result {
-                absorb(&mut dn.input, seq, result);
-            }
-            dn.waiting_on -= 1;
-            if dn.waiting_on == 0 {
-                hand_over_input(dn);
-                let cell = Arc::clone(&dn.cell);
-                self.push_ready(cell);
-            }
-        }
-        if let Some(node) = self.nodes.get_mut(&seq) {
-            node.downstream = downstream;
+            Outcome::Failed(failure) => self.fail(cell, Arc::clone(failure), false),
         }
     }
 
-    /// Fails `seq` and, in order of distance then id, every live task
+    /// Fails `cell` and, in order of distance then id, every blocked task
     /// downstream of it, with the same message and traceback. Events are
     /// queued under the emit lock, each followed by the `GroupFinished` it
-    /// causes. Returns the jobs of tasks that never ran.
-    fn fail(&mut self, seq: u64, failure: Arc<Failure>) -> Vec<Job> {
+    /// causes. Returns the jobs of tasks that never ran. With `arriving`,
+    /// `cell` is a task being added that never ran (and that a cascade may
+    /// have failed already).
+    fn fail(&mut self, cell: &Arc<TaskCell>, failure: Arc<Failure>, arriving: bool) -> Vec<Job> {
         let outcome = Outcome::Failed(failure);
-        let mut level = vec![seq];
-        let mut seen: HashSet<u64> = HashSet::from([seq]);
+        let mut level: Cells = smallvec::smallvec![Arc::clone(cell)];
         let mut jobs = Vec::new();
+        let mut first = true;
         while !level.is_empty() {
-            let mut next = Vec::new();
-            for &s in &level {
-                let cell = Arc::clone(&self.nodes.get(&s).expect("failing tasks have nodes").cell);
-                if s != seq {
-                    // Blocked downstream tasks never ran.
-                    jobs.extend(cell.take_job());
-                }
-                if !self.end_and_emit(&cell, &outcome) {
-                    continue;
-                }
-                let node = &self.nodes[&s];
-                for &d in &node.downstream {
-                    let blocked = self.nodes.get(&d).is_some_and(|n| {
-                        n.waiting_on > 0 && !n.cell.is_finished() && !n.cell.is_stopped()
-                    });
-                    if blocked && seen.insert(d) {
-                        next.push(d);
-                    }
-                }
+            let mut next = Cells::new();
+            for c in &level {
+                // Only blocked tasks fail with it: a released one runs (or
+                // ran) with the results it had. The root ran, unless arriving.
+                let Some((downstream, _)) =
+                    self.end_and_emit(c, &outcome, !first || arriving, &mut jobs)
+                else {
+                    continue; // reached twice, released, or ended meanwhile
+                };
+                next.extend(downstream.into_iter().filter(|d| !d.is_ended()));
             }
-            next.sort_unstable();
-            for &s in &level {
-                if s != seq {
-                    self.retire(s);
-                }
-            }
+            next.sort_unstable_by_key(|c| c.seq);
+            next.dedup_by_key(|c| c.seq);
             level = next;
+            first = false;
         }
         jobs
     }
 
-    /// Ends a promoted task with `outcome` and queues its events in `out`;
-    /// `false` if it had ended already.
-    fn end_and_emit(&mut self, cell: &Arc<TaskCell>, outcome: &Outcome) -> bool {
+    /// Ends a promoted task with `outcome` (see `TaskCell::end_linked`)
+    /// and queues its events in `out`. Returns its downstream tasks and its
+    /// end's order; `None` if it had ended (or, with `only_blocked`, was
+    /// not blocked).
+    fn end_and_emit(
+        &mut self,
+        cell: &Arc<TaskCell>,
+        outcome: &Outcome,
+        only_blocked: bool,
+        jobs: &mut Vec<Job>,
+    ) -> Option<(Cells, u64)> {
         let n = self.fan_out;
-        cell.keep_outcome(outcome.clone());
-        let Some(wakes) = cell.end_promoted(n) else {
-            cell.clear_outcome();
-            return false;
-        };
-        self.wakes.extend(wakes);
+        let end = cell.end_linked(outcome, n, only_blocked)?;
+        self.wakes.extend(end.wakes);
+        // A blocked task's job: it never runs.
+        jobs.extend(end.job);
+        let (downstream, order) = (end.downstream, end.order);
         // The group's count is lowered when the event is queued, under the
         // emit lock, as on the fast path (group invariant 1): so a
         // `GroupFinished` never overtakes a member's event.
@@ -580,32 +427,29 @@ impl State {
             event,
             cell: Arc::clone(cell),
         });
-        true
+        Some((downstream, order))
     }
 
-    /// After a node's task finished: keeps the node while its event is
-    /// pending, so that stops can still find it (invariant 1).
-    fn retire(&mut self, seq: u64) {
-        let Some(node) = self.nodes.get(&seq) else {
-            return;
-        };
-        if node.cell.has_pending() && !node.cell.is_stopped() {
-            self.finished.push_back(Arc::clone(&node.cell));
-        } else {
-            self.nodes.remove(&seq);
-        }
-    }
-
-    /// Removes finished nodes whose events every queue has delivered.
-    pub(crate) fn reap(&mut self) {
-        while let Some(front) = self.finished.front() {
-            if !front.is_dead() {
-                break;
-            }
-            let seq = front.seq;
-            self.finished.pop_front();
-            if self.nodes.get(&seq).is_some_and(|n| n.cell.is_finished()) {
-                self.nodes.remove(&seq);
+    /// Releases `downstream`, the downstream tasks of task `seq`, which
+    /// ended; `result` is its end's order and result if it completed
+    /// (given to them) or `None` if it was stopped.
+    fn release(&mut self, seq: u64, downstream: Cells, result: Option<(u64, &TaskResult)>) {
+        for d in downstream {
+            let released = d
+                .with_node(|dn| {
+                    if dn.waiting_on == 0 {
+                        return false; // ended (failed) or released already
+                    }
+                    if let Some((order, result)) = result {
+                        dn.input.absorb(order, seq, result);
+                    }
+                    dn.waiting_on -= 1;
+                    dn.waiting_on == 0
+                })
+                .unwrap_or(false);
+            // A stopped task is not queued (it ended).
+            if released && !d.is_ended() {
+                self.push_ready(d);
             }
         }
     }
@@ -613,45 +457,34 @@ impl State {
     /// Stops `seeds` and, following upstream edges if `up` and downstream
     /// edges if `down`, every live task reachable from a stopped one.
     pub(crate) fn stop(&mut self, seeds: Vec<Arc<TaskCell>>, up: bool, down: bool) -> Stopped {
-        self.reap();
         // Pass 1: decide the set, stopping each cell as it joins (after
         // this no queue delivers its events: cell invariant 3).
         // A cell reached twice is found not live the second time (it was
         // stopped the first), so diamonds and cycles need no visited set.
         let mut stack = seeds;
-        let mut stopped: Vec<(Arc<TaskCell>, StopFound, bool)> = Vec::with_capacity(stack.len());
-        let graph = !self.nodes.is_empty();
+        let mut stopped: Vec<(Arc<TaskCell>, StopFound)> = Vec::with_capacity(stack.len());
         while let Some(cell) = stack.pop() {
             let (found, wakes) = cell.stop();
             self.wakes.extend(wakes);
             if found == StopFound::NotLive {
                 continue;
             }
-            let node = if graph {
-                self.nodes.get(&cell.seq)
-            } else {
-                None
-            };
-            let has_node = node.is_some();
-            if let Some(node) = node {
-                let mut push = |s: &u64| {
-                    if let Some(n) = self.nodes.get(s) {
-                        stack.push(Arc::clone(&n.cell));
-                    }
-                };
-                if up {
-                    node.upstream.iter().for_each(&mut push);
-                }
-                if down {
-                    node.downstream.iter().for_each(&mut push);
-                }
+            if up || down {
+                cell.with_node(|node| {
+                    let edges = up
+                        .then_some(&node.upstream)
+                        .into_iter()
+                        .chain(down.then_some(&node.downstream))
+                        .flatten();
+                    stack.extend(edges.filter_map(Weak::upgrade));
+                });
             }
-            stopped.push((cell, found, has_node));
+            stopped.push((cell, found));
         }
         // Pass 2: undo what each held: its job, its queue entry, its group
         // membership, and its hold on downstream tasks.
         let mut jobs = Vec::new();
-        for (cell, found, has_node) in &stopped {
+        for (cell, found) in &stopped {
             match *found {
                 StopFound::NotLive => unreachable!("filtered in pass 1"),
                 StopFound::Finished => cell.clear_outcome(),
@@ -666,13 +499,8 @@ impl State {
                         // Group invariant 1: stops end members silently.
                         g.end_member();
                     }
-                    if *has_node {
-                        self.release_downstream(cell.seq, None);
-                    }
+                    self.release(cell.seq, cell.downstream(), None);
                 }
-            }
-            if *has_node {
-                self.nodes.remove(&cell.seq);
             }
         }
         Stopped {
@@ -681,17 +509,122 @@ impl State {
         }
     }
 
-    /// Shuts down: stops every task and forgets the graph. Returns the jobs
-    /// to drop unlocked.
+    /// Shuts down: stops every task and forgets the locked ready queue.
+    /// Returns the jobs to drop unlocked.
     pub(crate) fn shut_down(&mut self, env: &Env<'_>) -> Vec<Job> {
         self.mode = Mode::ShutDown;
         let all = self.all_live(env);
         let stopped = self.stop(all, false, false);
-        self.nodes.clear();
         self.ready.clear();
-        self.finished.clear();
         self.queued = 0;
         stopped.jobs
+    }
+}
+
+/// How [`link`] left a task being added.
+pub(crate) enum Linked {
+    /// Every upstream task had ended: the task is ready; the caller queues it.
+    Ready,
+    /// It waits for upstream tasks still live; the last to end releases it.
+    Blocked,
+    /// An upstream task failed with its event pending: the task must fail
+    /// with it ([`State::fail_on_arrival`], under the scheduler lock).
+    Failed(Arc<Failure>),
+}
+
+/// Makes the graph node of a task added after `upstream`, for
+/// [`link`]: its own kwargs, and a count of one per upstream task plus
+/// one that [`link`] holds until it has seen every upstream (state
+/// invariant 2), so that no upstream ending meanwhile releases it early.
+pub(crate) fn new_node(kwargs: Kwargs, upstream: &Ids) -> Box<Node> {
+    Box::new(Node {
+        waiting_on: upstream.len() as u32 + 1,
+        input: Input {
+            kwargs,
+            upstream: SmallVec::new(),
+        },
+        ..Node::default()
+    })
+}
+
+/// Adds the edges of `cell`, a task just added after `upstream` with a
+/// node from [`new_node`], without the scheduler lock: under the registry
+/// lock (held by the caller, who took `cell`'s sequence number under it)
+/// and each upstream cell's slot lock in turn.
+///
+/// Per upstream task, under its slot lock: one that is live and has not
+/// finished gets an edge to `cell` and keeps its count (its end, which
+/// takes a snapshot of its edges under the same lock, releases `cell`); a
+/// live fast task is promoted first, so that its end goes through the
+/// graph. One that finished with its event pending gets an edge too (stop
+/// cascades go through it) and gives its outcome now: a result to merge,
+/// or a failure to inherit. One that ended otherwise is simply satisfied
+/// (SPEC 3). Then, under `cell`'s slot lock, the counts of the upstream
+/// tasks that were satisfied and the one held by this call are dropped; if
+/// that reaches zero, `cell` is ready. A failure cascade that reached
+/// `cell` meanwhile set its count to zero, and it is then left alone.
+pub(crate) fn link(registry: &Registry, cell: &Arc<TaskCell>, upstream: &Ids) -> Linked {
+    let mut satisfied = 1; // the count held by this call
+    let mut given: SmallVec<[(u64, u64, Outcome); 2]> = SmallVec::new();
+    let mut edges = SmallVec::<[Weak<TaskCell>; 2]>::new();
+    for &seq in upstream {
+        let Some(up) = registry.find(seq) else {
+            satisfied += 1; // ended and forgotten
+            continue;
+        };
+        let mut slot = up.payload.lock();
+        if slot.node.is_none() {
+            match up.promote() {
+                Ok(()) | Err(Ended::FinishedPending) => slot.node = Some(Box::default()),
+                Err(Ended::Stopped | Ended::Delivered) => {
+                    satisfied += 1;
+                    continue;
+                }
+            }
+        }
+        // Stable under the slot lock: a promoted task ends under it.
+        if up.is_dead() {
+            satisfied += 1;
+            continue;
+        }
+        slot.node
+            .as_deref_mut()
+            .expect("given above")
+            .downstream
+            .push(Arc::downgrade(cell));
+        edges.push(Arc::downgrade(up));
+        if up.is_finished() {
+            satisfied += 1;
+            if let Payload::Done(outcome, order) = &slot.work {
+                given.push((*order, seq, outcome.clone()));
+            }
+        }
+    }
+    // The first failure (in the order the upstream tasks ended) wins.
+    given.sort_by_key(|(order, seq, _)| (*order, *seq));
+    let failure = given.iter().find_map(|(_, _, o)| match o {
+        Outcome::Failed(f) => Some(Arc::clone(f)),
+        Outcome::Completed(_) => None,
+    });
+    let mut slot = cell.payload.lock();
+    let node = slot.node.as_deref_mut().expect("made by new_node");
+    node.upstream = edges;
+    if node.waiting_on == 0 {
+        return Linked::Blocked; // failed by a cascade meanwhile: it ended
+    }
+    if let Some(f) = failure {
+        return Linked::Failed(f); // keeps its count: still blocked
+    }
+    for (order, seq, outcome) in &given {
+        if let Outcome::Completed(result) = outcome {
+            node.input.absorb(*order, *seq, result);
+        }
+    }
+    node.waiting_on -= satisfied;
+    if node.waiting_on == 0 {
+        Linked::Ready
+    } else {
+        Linked::Blocked
     }
 }
 
@@ -700,25 +633,6 @@ impl State {
 /// re-queues at the new priority).
 fn is_live_entry(cell: &TaskCell, priority: i32) -> bool {
     cell.is_in_ready() && cell.priority() == priority
-}
-
-/// Merges an upstream result into a downstream task's input.
-fn absorb(input: &mut Input, up: u64, result: &crate::result::TaskResult) {
-    if let Some(kw) = result.downcast_ref::<Kwargs>() {
-        input.kwargs.merge_from(kw);
-    }
-    input.upstream.push((up, result.clone()));
-}
-
-/// Moves a released node's gathered input into its cell, for the worker.
-fn hand_over_input(node: &mut Node) {
-    let input = mem::take(&mut node.input);
-    if input.kwargs.is_empty() && input.upstream.is_empty() {
-        return;
-    }
-    if let Payload::Pending { input: slot, .. } = &mut node.cell.payload.lock().work {
-        *slot = Some(Box::new(input));
-    }
 }
 
 /// Builds the terminal event of `cell`'s task.
@@ -748,58 +662,65 @@ mod tests {
     use super::*;
     use crate::unwind::Failure;
 
-    fn cell(seq: u64) -> Arc<TaskCell> {
+    fn boom() -> Outcome {
+        Outcome::Failed(Arc::new(Failure {
+            message: "boom".into(),
+            traceback: "here".into(),
+        }))
+    }
+
+    /// Adds task `seq` after `upstream` as `submit` does, but a ready task
+    /// goes to the locked queue. Returns its cell and the jobs to drop.
+    fn add(st: &mut State, env: &Env<'_>, seq: u64, upstream: &[u64]) -> (Arc<TaskCell>, Vec<Job>) {
         let job: Job = Box::new(|_| unreachable!("not run"));
-        Arc::new(TaskCell::new(seq, 0, None, job, None, true))
+        let upstream: Ids = upstream.iter().copied().collect();
+        let node = new_node(Kwargs::new(), &upstream);
+        let cell = Arc::new(TaskCell::new(seq, 0, None, job, None, Some(node)));
+        let jobs = st.insert(env, &cell, &upstream);
+        (cell, jobs)
+    }
+
+    /// Takes the next ready task as a worker does: claimed, its work taken.
+    fn start(st: &mut State, fifo: &SegQueue<Arc<TaskCell>>) -> Option<Arc<TaskCell>> {
+        let cell = st.pop_ready(fifo)?;
+        assert!(cell.take_work().is_some(), "a ready task has its work");
+        Some(cell)
     }
 
     #[test]
-    fn a_task_failed_on_arrival_leaves_no_node_behind() {
+    fn a_task_added_after_a_failed_upstream_with_a_pending_event_fails_at_once() {
         let registry = Mutex::new(Registry::default());
         let env = Env {
             registry: &registry,
         };
         let fifo = SegQueue::new();
         let mut st = State::new(Mode::Processing, 1);
-        let up = cell(0);
-        assert!(st
-            .insert(&env, Arc::clone(&up), Kwargs::new(), Ids::new())
-            .is_empty());
-        let running = st.pop_ready(&fifo).expect("ready");
-        let failure = Failure {
-            message: "boom".into(),
-            traceback: "here".into(),
-        };
-        // No subscriber: a finished task is no longer live, its node goes.
-        assert!(st
-            .finish(&running, Outcome::Failed(Arc::new(failure)))
-            .is_empty());
-        assert!(st.nodes.is_empty());
+        let (up, jobs) = add(&mut st, &env, 0, &[]);
+        assert!(jobs.is_empty());
+        let running = start(&mut st, &fifo).expect("ready");
+        // No subscriber: a finished task is no longer live.
+        assert!(st.finish(&running, boom()).is_empty());
+        assert!(up.is_dead());
         assert!(
             st.out.iter().all(|o| o.event.is_none()),
             "no event without a subscriber"
         );
         st.out.clear();
+        // A task added after it is simply satisfied.
+        assert!(add(&mut st, &env, 1, &[0]).1.is_empty());
+        let running = start(&mut st, &fifo).expect("released at once");
+        assert_eq!(running.seq, 1);
+        let done = Outcome::Completed(TaskResult::new(()));
+        assert!(st.finish(&running, done).is_empty());
+        st.out.clear();
         // With a subscriber the failed upstream stays live until delivered,
         // and a task added after it fails at once, with it.
         st.fan_out = 1;
-        let up2 = cell(1);
-        assert!(st
-            .insert(&env, Arc::clone(&up2), Kwargs::new(), Ids::new())
-            .is_empty());
-        let running = st.pop_ready(&fifo).expect("ready");
-        let failure = Failure {
-            message: "boom".into(),
-            traceback: "here".into(),
-        };
-        let _ = st.finish(&running, Outcome::Failed(Arc::new(failure)));
-        let down = cell(2);
-        let jobs = st.insert(
-            &env,
-            Arc::clone(&down),
-            Kwargs::new(),
-            [1].into_iter().collect(),
-        );
+        let (up2, jobs) = add(&mut st, &env, 2, &[]);
+        assert!(jobs.is_empty());
+        let running = start(&mut st, &fifo).expect("ready");
+        let _ = st.finish(&running, boom());
+        let (down, jobs) = add(&mut st, &env, 3, &[2]);
         assert_eq!(
             jobs.len(),
             1,
@@ -807,9 +728,62 @@ mod tests {
         );
         assert!(down.is_finished());
         assert_eq!(st.out.len(), 2, "two Failed events queued");
-        // Delivering both events leaves nothing behind after a reap.
+        // Delivering both events leaves nothing live.
         st.out.clear();
-        st.reap();
-        assert!(st.nodes.is_empty(), "nodes left: {}", st.nodes.len());
+        assert!(up2.is_dead() && down.is_dead());
+        assert!(st.all_live(&env).is_empty());
+    }
+
+    #[test]
+    fn a_failure_cascades_by_distance_then_id_once_per_task() {
+        // 0 -> {1, 2}; 1 -> 3; 2 -> 3 (a diamond); 3 -> 4; 2 -> 5.
+        let registry = Mutex::new(Registry::default());
+        let env = Env {
+            registry: &registry,
+        };
+        let fifo = SegQueue::new();
+        let mut st = State::new(Mode::Processing, 1);
+        st.fan_out = 1;
+        let ups: [&[u64]; 6] = [&[], &[0], &[0], &[1, 2], &[3], &[2]];
+        let cells: Vec<_> = (0..6)
+            .map(|seq| {
+                let (cell, jobs) = add(&mut st, &env, seq, ups[seq as usize]);
+                assert!(jobs.is_empty());
+                cell
+            })
+            .collect();
+        let running = start(&mut st, &fifo).expect("the root is ready");
+        assert_eq!(running.seq, 0);
+        assert!(st.pop_ready(&fifo).is_none(), "the others are blocked");
+        let jobs = st.finish(&running, boom());
+        assert_eq!(jobs.len(), 5, "five blocked tasks never ran");
+        let order: Vec<u64> = st.out.iter().map(|o| o.cell.seq).collect();
+        assert_eq!(order, [0, 1, 2, 3, 5, 4]);
+        st.out.clear();
+        assert!(cells.iter().all(|c| c.is_dead()));
+    }
+
+    #[test]
+    fn a_task_reached_twice_by_a_cascade_keeps_its_failure() {
+        // 0 -> 1 -> 2 and 0 -> 2: task 2 is at distance 1 and 2.
+        let registry = Mutex::new(Registry::default());
+        let env = Env {
+            registry: &registry,
+        };
+        let fifo = SegQueue::new();
+        let mut st = State::new(Mode::Processing, 1);
+        st.fan_out = 1;
+        for (seq, up) in [(0, &[][..]), (1, &[0]), (2, &[0, 1])] {
+            assert!(add(&mut st, &env, seq, up).1.is_empty());
+        }
+        let running = start(&mut st, &fifo).expect("the root is ready");
+        assert_eq!(st.finish(&running, boom()).len(), 2);
+        assert_eq!(st.out.len(), 3, "one event each");
+        // Its event is pending: a task added after it fails with it.
+        let (late, jobs) = add(&mut st, &env, 3, &[2]);
+        assert_eq!(jobs.len(), 1);
+        assert!(late.is_finished());
+        assert!(st.pop_ready(&fifo).is_none(), "nothing runs");
+        st.out.clear();
     }
 }

@@ -59,8 +59,8 @@ pub struct TaskContext {
     /// holds its group.
     cell: Arc<TaskCell>,
     /// Own kwargs merged with upstream `Kwargs` results, and upstream
-    /// results; `None` for the many tasks that have neither.
-    input: Option<Box<Input>>,
+    /// results (both empty, without allocating, for most tasks).
+    input: Input,
     /// Keeps the context on its worker thread (`!Sync`): methods such as
     /// `report_progress` and `worker_state` act on the calling thread.
     _not_sync: PhantomData<std::cell::Cell<()>>,
@@ -68,7 +68,7 @@ pub struct TaskContext {
 
 impl TaskContext {
     /// Creates the context of a task about to run.
-    pub(crate) fn new(id: TaskId, cell: Arc<TaskCell>, input: Option<Box<Input>>) -> Self {
+    pub(crate) fn new(id: TaskId, cell: Arc<TaskCell>, input: Input) -> Self {
         TaskContext {
             id,
             cell,
@@ -92,9 +92,7 @@ impl TaskContext {
     /// upstream's value wins on a clash, a later-completing upstream over an
     /// earlier one).
     pub fn kwargs(&self) -> &Kwargs {
-        /// What tasks without kwargs see; saves building and dropping a map per task.
-        static EMPTY: Kwargs = Kwargs::new();
-        self.input.as_ref().map_or(&EMPTY, |i| &i.kwargs)
+        &self.input.kwargs
     }
 
     /// Returns this worker thread's state of type `S`, made on the first
@@ -191,12 +189,11 @@ impl TaskContext {
         if handle.id().manager != self.id.manager {
             return None;
         }
-        let input = self.input.as_ref()?;
-        input
+        self.input
             .upstream
             .iter()
-            .find(|(s, _)| *s == seq)?
-            .1
+            .find(|(_, s, _)| *s == seq)?
+            .2
             .downcast_ref::<T>()
     }
 }
@@ -214,10 +211,7 @@ impl fmt::Debug for TaskContext {
             .field("stopped", &cell.is_stopped())
             .field("group", &self.group())
             .field("kwargs", self.kwargs())
-            .field(
-                "upstream_results",
-                &input.as_ref().map_or(0, |i| i.upstream.len()),
-            )
+            .field("upstream_results", &input.upstream.len())
             .finish()
     }
 }

@@ -434,6 +434,9 @@ fn one_span_per_task_that_runs_including_downstream_tasks() {
     let m = manager(2);
     let sub = m.subscribe();
     let group = Group::from("tr-count");
+    // Paused while adding: otherwise `first` and `second` may end before
+    // `join` is added, and the group would finish twice.
+    m.pause_processing();
     let first = m.task().group(&group).spawn(common::noop).unwrap();
     let second = m.task().group(&group).spawn(common::noop).unwrap();
     let join = m
@@ -449,6 +452,7 @@ fn one_span_per_task_that_runs_including_downstream_tasks() {
         .after([join.id()])
         .spawn(common::noop)
         .unwrap();
+    m.start_processing();
     take(&sub, 5); // four Completed, one GroupFinished
     assert_quiet(&m, &sub);
 

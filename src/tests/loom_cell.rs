@@ -125,3 +125,48 @@ fn loom_finish_vs_shut_down() {
         assert!(cell.is_dead());
     });
 }
+
+/// A worker claims a task it popped from the FIFO while the owner pauses:
+/// the worker claims, fences, then reads `processing`; the pause stores it,
+/// fences, then reads the task's state. Either the worker sees the pause
+/// and puts the task back, or its claim (the task's start) comes first in
+/// the `SeqCst` order: no task starts after `pause_processing` returned.
+/// (Reading `processing` before claiming, as an earlier version did, fails
+/// this model.)
+#[test]
+fn loom_claim_vs_pause() {
+    loom::model(|| {
+        let cell = Arc::new(crate::cell::TaskCell::new(
+            1,
+            0,
+            None,
+            super::never(),
+            None,
+            None,
+        ));
+        let processing = Arc::new(AtomicBool::new(true));
+        let worker = {
+            let (cell, processing) = (Arc::clone(&cell), Arc::clone(&processing));
+            thread::spawn(move || {
+                assert!(cell.claim());
+                crate::sync::fence(Ordering::SeqCst);
+                if processing.load(Ordering::SeqCst) {
+                    true // starts
+                } else {
+                    cell.unclaim(); // `Shared::unclaim_paused`
+                    false
+                }
+            })
+        };
+        processing.store(false, Ordering::SeqCst);
+        // What the pause orders itself against (`SeqCst`, like the claim's
+        // fence): the start of a task, as any later observer sees it.
+        crate::sync::fence(Ordering::SeqCst);
+        let running_when_paused = cell.is_running();
+        let started = worker.join().unwrap();
+        assert!(
+            !started || running_when_paused,
+            "the task started after the pause returned"
+        );
+    });
+}

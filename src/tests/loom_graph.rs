@@ -1,13 +1,14 @@
-//! Graph transitions under the scheduler lock, from several workers.
+//! Graph transitions: under the scheduler lock from several workers, and
+//! the submitter's lock-free `link` against a worker ending an upstream.
 
 use loom::thread;
 
 use super::never;
-use crate::cell::{Outcome, Payload, TaskCell};
+use crate::cell::{Outcome, TaskCell};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
 use crate::result::TaskResult;
-use crate::state::{Env, Ids, Mode, State};
+use crate::state::{link, new_node, Env, Ids, Linked, Mode, State};
 use crate::sync::{Arc, Mutex};
 
 /// Two workers finish the two upstream tasks of one task at the same time:
@@ -25,21 +26,26 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
             let env = Env {
                 registry: &registry,
             };
-            let cell = |seq| Arc::new(TaskCell::new(seq, 0, None, never(), None, true));
-            let (u0, u1, d) = (cell(0), cell(1), cell(2));
-            assert!(st
-                .insert(&env, Arc::clone(&u0), Kwargs::new(), Ids::new())
-                .is_empty());
-            assert!(st
-                .insert(&env, Arc::clone(&u1), Kwargs::new(), Ids::new())
-                .is_empty());
+            let cell = |seq, kwargs, up: &Ids| {
+                let node = new_node(kwargs, up);
+                Arc::new(TaskCell::new(seq, 0, None, never(), None, Some(node)))
+            };
             let up: Ids = [0, 1].into_iter().collect();
-            assert!(st
-                .insert(&env, Arc::clone(&d), Kwargs::new().with("own", 0u8), up)
-                .is_empty());
-            // Both upstream tasks are handed to workers.
-            assert_eq!(st.pop_ready(&fifo).map(|c| c.seq), Some(0));
-            assert_eq!(st.pop_ready(&fifo).map(|c| c.seq), Some(1));
+            let own = Kwargs::new().with("own", 0u8);
+            let (u0, u1, d) = (
+                cell(0, Kwargs::new(), &Ids::new()),
+                cell(1, Kwargs::new(), &Ids::new()),
+                cell(2, own, &up),
+            );
+            assert!(st.insert(&env, &u0, &Ids::new()).is_empty());
+            assert!(st.insert(&env, &u1, &Ids::new()).is_empty());
+            assert!(st.insert(&env, &d, &up).is_empty());
+            // Both upstream tasks are handed to workers, which take their work.
+            for seq in [0, 1] {
+                let cell = st.pop_ready(&fifo).expect("an upstream task is ready");
+                assert_eq!(cell.seq, seq);
+                assert!(cell.take_work().is_some());
+            }
             assert_eq!(st.queued, 0);
             (u0, u1, d)
         };
@@ -63,16 +69,75 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
         let next = st.pop_ready(&fifo).expect("the downstream task is ready");
         assert!(Arc::ptr_eq(&next, &d));
         assert!(st.pop_ready(&fifo).is_none());
-        let slot = d.payload.lock();
-        let Payload::Pending {
-            input: Some(input), ..
-        } = &slot.work
-        else {
-            panic!("the downstream task did not receive its input");
-        };
+        let (_, input) = d.take_work().expect("the downstream task has its work");
         for key in ["own", "from_u0", "from_u1"] {
             assert!(input.kwargs.contains_key(key), "missing {key}");
         }
         assert_eq!(input.upstream.len(), 2);
+    });
+}
+
+/// The submitter links a new task to an upstream task (registry and slot
+/// locks only, no scheduler lock) while a worker ends that upstream under
+/// the scheduler lock. Whichever comes first, the new task becomes ready
+/// exactly once, with the upstream's result, and never while it waits.
+#[test]
+fn loom_link_vs_upstream_end() {
+    loom::model(|| {
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let fifo = crossbeam_queue::SegQueue::new();
+        let state = Arc::new(Mutex::new(State::new(Mode::Processing, 1)));
+        let up = {
+            let mut st = state.lock();
+            st.fan_out = 1; // one subscriber: the upstream stays live until delivered
+            let env = Env {
+                registry: &registry,
+            };
+            let node = new_node(Kwargs::new(), &Ids::new());
+            let up = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
+            assert!(st.insert(&env, &up, &Ids::new()).is_empty());
+            let running = st.pop_ready(&fifo).expect("the upstream task is ready");
+            assert!(running.take_work().is_some());
+            up
+        };
+        let worker = {
+            let (state, up) = (Arc::clone(&state), Arc::clone(&up));
+            thread::spawn(move || {
+                let result = TaskResult::new(Kwargs::new().with("from_up", 1u8));
+                let mut st = state.lock();
+                // Its event stays queued (in `out`), not delivered: the
+                // upstream is live to the owner while the link runs.
+                assert!(st.finish(&up, Outcome::Completed(result)).is_empty());
+            })
+        };
+        // The submitter, as `Shared::submit` does.
+        let upstream: Ids = [0].into_iter().collect();
+        let node = new_node(Kwargs::new(), &upstream);
+        let down = Arc::new(TaskCell::new(1, 0, None, never(), None, Some(node)));
+        let linked = {
+            let mut registry = registry.lock();
+            registry.push(Arc::clone(&down));
+            link(&registry, &down, &upstream)
+        };
+        worker.join().unwrap();
+
+        let mut st = state.lock();
+        assert_eq!(st.out.len(), 1, "the upstream's event");
+        st.out.clear(); // delivers it
+        let released_by_worker = st.queued;
+        match linked {
+            Linked::Ready => assert_eq!(released_by_worker, 0, "released twice"),
+            Linked::Blocked => assert_eq!(released_by_worker, 1, "never released"),
+            Linked::Failed(_) => panic!("nothing failed"),
+        }
+        if released_by_worker == 1 {
+            let next = st.pop_ready(&fifo).expect("the released task");
+            assert!(Arc::ptr_eq(&next, &down));
+        }
+        let (_, input) = down.take_work().expect("the task has its work");
+        assert!(
+            input.kwargs.contains_key("from_up"),
+            "the upstream result was lost"
+        );
     });
 }

@@ -23,7 +23,7 @@ fn never() -> Job {
 
 /// A fast task's cell, claimed by a worker.
 fn claimed(seq: u64) -> Arc<TaskCell> {
-    let cell = Arc::new(TaskCell::new(seq, 0, None, never(), None, false));
+    let cell = Arc::new(TaskCell::new(seq, 0, None, never(), None, None));
     assert!(cell.claim());
     cell
 }
