@@ -44,9 +44,32 @@ impl Registry {
     }
 
     /// Returns the cell of `seq`, if it is still registered.
+    ///
+    /// Sequence numbers are unique and increasing (invariant 1), so the
+    /// cell of `seq` is at most `seq - first` places from the front, and
+    /// exactly there while no cell between was removed (the common case:
+    /// cells leave mostly from the front). That place is tried first; a
+    /// binary search of the places before it (each probe reads a cell)
+    /// is the fallback.
     pub(crate) fn find(&self, seq: u64) -> Option<&Arc<TaskCell>> {
-        let i = self.cells.binary_search_by_key(&seq, |c| c.seq).ok()?;
-        self.cells.get(i)
+        let first = self.cells.front()?.seq;
+        let at_most = usize::try_from(seq.checked_sub(first)?).ok()?;
+        let end = match self.cells.get(at_most) {
+            Some(c) if c.seq == seq => return Some(c),
+            Some(_) => at_most,
+            None => self.cells.len(),
+        };
+        let (front, back) = self.cells.as_slices();
+        let (front, back) = if end <= front.len() {
+            (&front[..end], &back[..0])
+        } else {
+            (front, &back[..end - front.len()])
+        };
+        let search = |part: &[Arc<TaskCell>]| part.binary_search_by_key(&seq, |c| c.seq).ok();
+        if let Some(i) = search(front) {
+            return front.get(i);
+        }
+        search(back).and_then(|i| back.get(i))
     }
 
     /// Returns every registered cell that is live to the owner.
@@ -62,5 +85,50 @@ impl Registry {
     pub(crate) fn clear(&mut self) {
         self.cells.clear();
         self.compacted = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Job;
+
+    fn cell(seq: u64) -> Arc<TaskCell> {
+        let job: Job = Box::new(|_| unreachable!("not run"));
+        Arc::new(TaskCell::new(seq, 0, None, job, None, None))
+    }
+
+    #[test]
+    fn finds_every_cell_with_and_without_gaps() {
+        let mut r = Registry::default();
+        let cells: Vec<_> = (10..3000).map(cell).collect();
+        for c in &cells {
+            r.push(Arc::clone(c));
+        }
+        for seq in 10..3000 {
+            assert_eq!(r.find(seq).map(|c| c.seq), Some(seq));
+        }
+        assert!(r.find(9).is_none() && r.find(3000).is_none());
+        // Gaps: drop every third cell from the middle, as a compaction does.
+        r.cells.retain(|c| c.seq % 3 != 0 || c.seq < 100);
+        for seq in 10..3000 {
+            let expected = (seq % 3 != 0 || seq < 100).then_some(seq);
+            assert_eq!(r.find(seq).map(|c| c.seq), expected, "seq {seq}");
+        }
+        // A deque that wrapped around: its contents are in two slices.
+        let mut r = Registry::default();
+        for seq in 0..8 {
+            r.push(cell(seq));
+        }
+        r.cells.pop_front();
+        r.cells.pop_front();
+        r.cells.retain(|c| c.seq != 5);
+        for seq in 8..12 {
+            r.push(cell(seq));
+        }
+        for seq in 0..14 {
+            let expected = (2..12).contains(&seq).then_some(seq).filter(|&s| s != 5);
+            assert_eq!(r.find(seq).map(|c| c.seq), expected, "seq {seq}");
+        }
     }
 }
