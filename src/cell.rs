@@ -4,8 +4,8 @@
 //!
 //! Every task is a cell. A task without upstream ("fast" task) lives only
 //! here, in a ready structure and in the registry; a task with upstream or
-//! downstream edges also has a graph node under the scheduler lock and
-//! carries the `PROMOTED` bit, which routes its end through that lock.
+//! downstream edges also has a graph node (in its slot) and carries the
+//! `PROMOTED` bit, which routes its end through the scheduler lock.
 //!
 //! # Invariants
 //!
@@ -26,8 +26,12 @@
 //!    pending count of zero (`is_dead`).
 //! 5. `CLAIMED` is set by the one worker that will run the task, and only
 //!    if `STOPPED` is clear: a stopped task never starts.
-//! 6. `PROMOTED` and `IN_READY` change only under the scheduler lock.
-//!    `PROMOTED` is set only while `FINISHED` and `STOPPED` are clear.
+//! 6. `IN_READY` changes only under the scheduler lock. `PROMOTED` is set
+//!    under the slot lock (by `state::link`, or at creation), only while
+//!    `FINISHED` and `STOPPED` are clear; a promoted task is ended under
+//!    the scheduler lock and its slot lock (`end_linked`), so a linker
+//!    holding the slot lock sees it either finished or not, and in the
+//!    second case is in the snapshot of edges its end releases.
 //! 7. A waiter (`TaskHandle::wait`, or its `Future`) registers under the
 //!    slot lock and then sets `WAITING`; whoever sets `FINISHED` or
 //!    `STOPPED` and sees `WAITING` in the previous state takes the slot lock
@@ -612,7 +616,7 @@ impl TaskCell {
     }
 
     /// Sets `PROMOTED` if the task has not ended; returns the state seen
-    /// otherwise. Called under the scheduler lock (invariant 6).
+    /// otherwise. Called under the slot lock (invariant 6).
     pub(crate) fn promote(&self) -> Result<(), Ended> {
         match self.update(|s| (s & (STOPPED | FINISHED) == 0).then_some(s | PROMOTED)) {
             Ok(_) => Ok(()),

@@ -12,10 +12,17 @@
 //! every task added before). A worker takes its next task without any lock
 //! while the locked queue holds nothing of priority 0 or more (the `hint`)
 //! and the inbox is empty, and ends it with atomics on its cell plus the
-//! short emit lock. A task with upstream, or one that became an upstream
-//! while live, has a graph node and is added and ended under the scheduler
-//! lock (`state.rs`); it must be added synchronously, so that an upstream
-//! ending a moment later merges its result into it.
+//! short emit lock.
+//!
+//! A task with upstream is added without the scheduler lock too: under the
+//! registry lock it gets its sequence number and is linked to its upstream
+//! tasks, each under that upstream cell's slot lock (`state::link`), before
+//! `spawn` returns, so an upstream ending a moment later releases it with
+//! its result. If every upstream had ended it is ready at once and takes
+//! the same way as a fast task (FIFO or inbox). A task with edges (it has
+//! upstream tasks, or one was added after it while it was live) ends under
+//! the scheduler lock, which releases its downstream tasks into the locked
+//! ready queue (`state.rs`).
 //!
 //! A worker decides its next task, or goes idle, before the events of the
 //! task it just ended can be received, so an owner that reacts to an event
@@ -32,10 +39,15 @@
 //!   starts after an add returned sees it.
 //! - FIFO within a priority: the FIFO is in id order (above); the locked
 //!   queue orders by id within a priority.
-//! - Pause: a worker that popped the FIFO re-reads `processing`; if it is
-//!   off, the task goes to the locked queue (keeping its place by id). A
-//!   task added after `pause_processing` returned is popped after that
-//!   store, so the re-read sees it.
+//! - Pause: a worker that popped the FIFO claims the task, fences, then
+//!   reads `processing`; if it is off, the task goes back to the locked
+//!   queue (keeping its place by id) and does not start. `pause_processing`
+//!   stores `processing` with `SeqCst`, so a claim that the read does not
+//!   order after the pause came before it in the `SeqCst` order: the task
+//!   started before the pause returned (loom model `loom_claim_vs_pause`).
+//! - Inbox: a worker takes the lock-free path only if the inbox's count is
+//!   zero and then the hint is below 0; a lock holder moving tasks from the
+//!   inbox publishes the hint before lowering the count ([`Inbox`]).
 //! - Immediate start: an add that finds an idle worker (or room for a new
 //!   one) takes the scheduler lock and hands the best ready task directly
 //!   to that worker, so the first task added to an idle pool is the first
@@ -57,8 +69,10 @@
 //! # Lock order
 //!
 //! scheduler → registry, scheduler → emitter, scheduler → group table,
-//! scheduler → a group's `held` queue, emitter → a cell's slot; the
-//! registry, a group's member list and a cell's slot are leaves. The
+//! scheduler → a group's `held` queue, scheduler → a cell's slot,
+//! emitter → a cell's slot, registry → a cell's slot (`state::link`); a
+//! group's member list and a cell's slot are leaves, and no thread holds
+//! two slot locks at once. The
 //! notifier, wakers and task closures' `Drop`s run after every lock is
 //! released ([`Locked`]).
 

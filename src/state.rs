@@ -12,23 +12,32 @@
 //!
 //! # Invariants
 //!
-//! 1. Nodes are read and changed only under this lock. A node's edges are
-//!    kept while its task is live to the owner (so stops cascade through a
-//!    finished task whose event is pending); edges to tasks that are no
-//!    longer live are skipped, never followed.
-//! 2. A node's `waiting_on` is the number of its upstream tasks that have
-//!    not ended. The node is *blocked* while it is positive; it reaches 0
-//!    exactly once, when its cell is pushed into the ready queue (its
-//!    gathered input stays in the node for the worker).
+//! 1. A node is read and changed under its cell's slot lock: by holders of
+//!    this lock (ends, releases, stops, cascades) and by a submitter
+//!    linking a new task (`link`, which holds the registry lock instead).
+//!    A node's edges are kept while its task is live to the owner (so
+//!    stops cascade through a finished task whose event is pending); edges
+//!    to tasks that are no longer live are skipped, never followed.
+//! 2. A node's `waiting_on` counts its upstream tasks that have not ended,
+//!    plus one that `link` holds until it has seen every upstream task.
+//!    The node is *blocked* while it is positive. It reaches 0 exactly once:
+//!    when the last count is dropped (by a release under this lock, or by
+//!    `link`), and whoever drops it queues the task; or when the task ends
+//!    while blocked (a failure cascade), which sets it to 0 so that nobody
+//!    queues it. An ended task is never queued by a release.
 //! 3. `queued` is the number of cells with `IN_READY` set; each has exactly
 //!    one entry in `ready`. Other entries there are stale and skipped.
 //! 4. Events of graph tasks are queued under this lock and the emit lock
 //!    together: an upstream's `Completed` is queued before its downstream
-//!    tasks are released, in the same critical section.
+//!    tasks are released, in the same critical section. A task that `link`
+//!    makes ready at once found its upstream tasks ended: their events were
+//!    decided before, and its own end takes this lock, so they are queued
+//!    first; one failed on arrival is failed under this lock.
 //!
-//! Lock order: scheduler → registry, scheduler → emitter,
-//! scheduler → group table, scheduler → a cell's slot (one at a time). No user code runs under any of them: jobs of
-//! tasks that will never run are returned to be dropped after unlocking.
+//! Lock order: scheduler → registry, scheduler → emitter, scheduler →
+//! group table, scheduler → a cell's slot, registry → a cell's slot (one
+//! slot at a time). No user code runs under any of them: jobs of tasks that
+//! will never run are returned to be dropped after unlocking.
 
 use std::collections::HashMap;
 
