@@ -93,7 +93,7 @@ use crate::handle::TaskHandle;
 use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
-use crate::state::{self, terminal_event, Env, Ids, Linked, Mode, State, WorkerSlot};
+use crate::state::{self, terminal_event, Env, Ids, Linked, Mode, Outs, State, WorkerSlot};
 use crate::stats::{Stats, TaskState};
 use crate::subscription::{self, Emitter, Envelope, Subscription};
 use crate::sync::{
@@ -182,12 +182,39 @@ impl Drop for Notify<'_> {
     }
 }
 
-/// The scheduler lock, held. Dropping it publishes the hint, releases the
-/// lock, then drops collected jobs, then calls the notifier if events were
+/// Events decided under the scheduler lock, queued just after it is
+/// released. The emit lock is taken before the scheduler lock is released
+/// and held until they are queued, so events enter the queues in the order
+/// of the critical sections that decided them (state invariant 4) and with
+/// the subscriber list their pending counts were made for (emitter
+/// invariant 1), while the next critical section can already start:
+/// queueing an event may wake the owner, a system call.
+struct Announce<'a> {
+    /// The emit lock, taken under the scheduler lock.
+    em: Option<MutexGuard<'a, Emitter>>,
+    /// The ends to announce, in order.
+    out: Outs,
+}
+
+impl Drop for Announce<'_> {
+    fn drop(&mut self) {
+        if let Some(mut em) = self.em.take() {
+            for end in self.out.drain(..) {
+                end.announce(&mut em);
+            }
+        }
+    }
+}
+
+/// The scheduler lock, held. Dropping it publishes the hint and takes the
+/// emit lock if events are owed, releases the lock, queues the events,
+/// then drops collected jobs, then calls the notifier if events were
 /// emitted (fields drop in declaration order).
 pub(crate) struct Locked<'a> {
     /// The lock itself.
     pub(crate) guard: MutexGuard<'a, State>,
+    /// Events to queue once the lock is released.
+    announce: Announce<'a>,
     /// Where the hint goes on release.
     hint: &'a AtomicI64,
     /// Jobs to drop unlocked.
@@ -213,8 +240,9 @@ impl Locked<'_> {
 impl Locked<'_> {
     /// Makes what this critical section decided visible while the lock is
     /// still held: the hint, then the events, queued while the subscriber
-    /// list cannot change (emitter invariant 1). Runs when the lock is
-    /// released, and before every condvar wait (which releases it too).
+    /// list cannot change (emitter invariant 1). Runs before every condvar
+    /// wait (which releases the lock); a release does the same, except that
+    /// the events are queued just after it ([`Announce`]).
     pub(crate) fn publish(&mut self) {
         store_if_changed(self.hint, self.guard.best_priority());
         self.garbage.1.append(&mut self.guard.wakes);
@@ -230,8 +258,16 @@ impl Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        // Before the guard is released (fields drop after this body).
-        self.publish();
+        // Before the guard is released (fields drop after this body): the
+        // hint, then the emit lock, which `announce` holds while it queues
+        // the events after the guard is released.
+        store_if_changed(self.hint, self.guard.best_priority());
+        self.garbage.1.append(&mut self.guard.wakes);
+        if !self.guard.out.is_empty() {
+            self.announce.em = Some(self.emitter.lock());
+            std::mem::swap(&mut self.announce.out, &mut self.guard.out);
+            self.notify.0 = Some(self.emitter);
+        }
     }
 }
 
@@ -332,6 +368,10 @@ impl Shared {
     pub(crate) fn lock(&self) -> Locked<'_> {
         let mut st = Locked {
             guard: self.state.lock(),
+            announce: Announce {
+                em: None,
+                out: Outs::new(),
+            },
             hint: &self.hint,
             garbage: Garbage::default(),
             notify: Notify(None),

@@ -109,6 +109,9 @@ impl Outgoing {
     }
 }
 
+/// Ends decided in one critical section; most decide one or two.
+pub(crate) type Outs = SmallVec<[Outgoing; 4]>;
+
 /// The other locked structures a graph transition touches.
 pub(crate) struct Env<'a> {
     /// Fast tasks by id (registry lock).
@@ -151,7 +154,7 @@ pub(crate) struct State {
     /// every subscription just before the lock is released (after the worker
     /// that decided them has taken its next task or gone idle, so that an
     /// owner who reacts to an event finds that worker free).
-    pub(crate) out: Vec<Outgoing>,
+    pub(crate) out: Outs,
 }
 
 impl State {
@@ -167,7 +170,7 @@ impl State {
             handles: Vec::new(),
             manager,
             fan_out: 0,
-            out: Vec::new(),
+            out: Outs::new(),
             wakes: Vec::new(),
         }
     }
