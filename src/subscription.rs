@@ -44,12 +44,8 @@ enum Kind {
 
 /// One queued event and the task cell that decides whether it may be delivered.
 pub(crate) struct Envelope {
-    /// The event (for progress, a template filled in when opened). Boxed:
-    /// an `Event` is about 100 bytes, and the channel allocates its blocks
-    /// of 31 slots per envelope size; small slots keep those blocks below
-    /// the allocator's large-chunk size (its consolidation showed up in
-    /// profiles of the owner thread).
-    event: Option<Box<Event>>,
+    /// The event (for progress, a template filled in when opened).
+    event: Option<Event>,
     /// The task the event is about (for `GroupFinished`, the task whose end
     /// finished the group).
     gate: Arc<TaskCell>,
@@ -64,7 +60,7 @@ impl Envelope {
     /// in the cell (one per subscriber: `Emitter::fan_out`).
     pub(crate) fn terminal(event: Event, cell: &Arc<TaskCell>) -> Self {
         Envelope {
-            event: Some(Box::new(event)),
+            event: Some(event),
             gate: Arc::clone(cell),
             kind: Kind::Terminal,
             settled: false,
@@ -73,7 +69,7 @@ impl Envelope {
 
     /// Wraps the `GroupFinished` for `group` caused by the end of `cell`'s task.
     pub(crate) fn group_finished(group: Group, cell: &Arc<TaskCell>) -> Self {
-        let event = Box::new(Event::GroupFinished { group });
+        let event = Event::GroupFinished { group };
         Envelope {
             event: Some(event),
             gate: Arc::clone(cell),
@@ -86,7 +82,7 @@ impl Envelope {
     /// in the cell's slot (`TaskCell::queue_progress`).
     fn progress(template: Event, cell: &Arc<TaskCell>, sub: u64) -> Self {
         Envelope {
-            event: Some(Box::new(template)),
+            event: Some(template),
             gate: Arc::clone(cell),
             kind: Kind::Progress(sub),
             settled: false,
@@ -114,7 +110,7 @@ impl Envelope {
             Kind::GroupFinished => !self.gate.is_stopped(),
             Kind::Progress(sub) => {
                 let latest = self.gate.settle_progress(sub);
-                match (self.event.as_deref_mut(), latest) {
+                match (&mut self.event, latest) {
                     (
                         Some(Event::Progress {
                             fraction, message, ..
@@ -134,7 +130,7 @@ impl Envelope {
     /// Takes the event out if it may still be delivered, settling the cell.
     fn open(mut self) -> Option<Event> {
         if self.settle() {
-            self.event.take().map(|event| *event)
+            self.event.take()
         } else {
             None
         }
