@@ -436,7 +436,7 @@ impl TaskCell {
 
     /// Gives a worker the work and input of a claimed task: the input
     /// added with it (a task without upstream) or gathered in its node.
-    pub(crate) fn take_work(&self) -> Option<(Job, Input)> {
+    pub(crate) fn take_work(&self) -> Option<(Job, Option<Input>)> {
         let mut slot = self.payload.lock();
         if !matches!(slot.work, Payload::Pending { .. }) {
             return None; // taken already, or ended: an outcome stays
@@ -444,9 +444,13 @@ impl TaskCell {
         match std::mem::replace(&mut slot.work, Payload::Empty) {
             Payload::Pending { job, input } => {
                 let input = match (input, slot.node.as_deref_mut()) {
-                    (Some(input), _) => *input,
-                    (None, Some(node)) => std::mem::take(&mut node.input).merged(),
-                    (None, None) => Input::default(),
+                    (Some(input), _) => Some(*input),
+                    (None, Some(node)) => {
+                        let input = std::mem::take(&mut node.input);
+                        let empty = input.kwargs.is_empty() && input.upstream.is_empty();
+                        (!empty).then(|| input.merged())
+                    }
+                    (None, None) => None,
                 };
                 Some((job, input))
             }

@@ -59,8 +59,9 @@ pub struct TaskContext {
     /// holds its group.
     cell: Arc<TaskCell>,
     /// Own kwargs merged with upstream `Kwargs` results, and upstream
-    /// results (both empty, without allocating, for most tasks).
-    input: Input,
+    /// results; `None` for the many tasks that have neither (an empty map
+    /// costs nothing to make, but dropping it is not free).
+    input: Option<Input>,
     /// Keeps the context on its worker thread (`!Sync`): methods such as
     /// `report_progress` and `worker_state` act on the calling thread.
     _not_sync: PhantomData<std::cell::Cell<()>>,
@@ -68,7 +69,7 @@ pub struct TaskContext {
 
 impl TaskContext {
     /// Creates the context of a task about to run.
-    pub(crate) fn new(id: TaskId, cell: Arc<TaskCell>, input: Input) -> Self {
+    pub(crate) fn new(id: TaskId, cell: Arc<TaskCell>, input: Option<Input>) -> Self {
         TaskContext {
             id,
             cell,
@@ -92,7 +93,9 @@ impl TaskContext {
     /// upstream's value wins on a clash, a later-completing upstream over an
     /// earlier one).
     pub fn kwargs(&self) -> &Kwargs {
-        &self.input.kwargs
+        /// What tasks without kwargs see.
+        static EMPTY: Kwargs = Kwargs::new();
+        self.input.as_ref().map_or(&EMPTY, |i| &i.kwargs)
     }
 
     /// Returns this worker thread's state of type `S`, made on the first
@@ -190,6 +193,7 @@ impl TaskContext {
             return None;
         }
         self.input
+            .as_ref()?
             .upstream
             .iter()
             .find(|(_, s, _)| *s == seq)?
@@ -211,7 +215,10 @@ impl fmt::Debug for TaskContext {
             .field("stopped", &cell.is_stopped())
             .field("group", &self.group())
             .field("kwargs", self.kwargs())
-            .field("upstream_results", &input.upstream.len())
+            .field(
+                "upstream_results",
+                &input.as_ref().map_or(0, |i| i.upstream.len()),
+            )
             .finish()
     }
 }

@@ -70,6 +70,7 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
         assert!(Arc::ptr_eq(&next, &d));
         assert!(st.pop_ready(&fifo).is_none());
         let (_, input) = d.take_work().expect("the downstream task has its work");
+        let input = input.expect("it has input");
         for key in ["own", "from_u0", "from_u1"] {
             assert!(input.kwargs.contains_key(key), "missing {key}");
         }
@@ -135,6 +136,7 @@ fn loom_link_vs_upstream_end() {
             assert!(Arc::ptr_eq(&next, &down));
         }
         let (_, input) = down.take_work().expect("the task has its work");
+        let input = input.expect("it has input");
         assert!(
             input.kwargs.contains_key("from_up"),
             "the upstream result was lost"
