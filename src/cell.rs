@@ -49,7 +49,7 @@ use crate::group::GroupState;
 use crate::kwargs::Kwargs;
 use crate::result::TaskResult;
 use crate::sync::{Arc, AtomicI32, AtomicU64, Mutex, Ordering, Weak};
-use crate::task::Job;
+use crate::task::TaskContext;
 use crate::unwind::Failure;
 
 /// Set once the task was stopped (invariants 1, 2).
@@ -229,10 +229,8 @@ pub(crate) struct Slot {
 /// The part of a cell that moves: the work before the task runs, its
 /// outcome after.
 pub(crate) enum Payload {
-    /// Not started.
+    /// Not started: the work (in the cell) is still there.
     Pending {
-        /// The work.
-        job: Job,
         /// Kwargs and upstream results, if any.
         input: Option<Box<Input>>,
     },
@@ -270,8 +268,77 @@ pub(crate) enum FastEnd {
     Promoted,
 }
 
-/// One task's shared record.
-pub(crate) struct TaskCell {
+/// A task's work, kept in its cell: one allocation per task, not two.
+/// Taken once, by the worker that runs the task or by whoever ends it
+/// before it started (who owns the cell's `Pending` → `Empty` change).
+pub(crate) trait Work: Send + Sync {
+    /// Runs the work; `None` if it was taken already.
+    fn run(&self, ctx: &TaskContext) -> Option<Result<TaskResult, Failure>>;
+    /// Drops the work, if still there (its captures' `Drop` is user code:
+    /// no lock may be held).
+    fn discard(&self);
+}
+
+/// The closure that is a task's work.
+pub(crate) struct WorkSlot<F>(Mutex<Option<F>>);
+
+impl<F> WorkSlot<F> {
+    /// Wraps `f`.
+    pub(crate) fn new(f: F) -> Self {
+        WorkSlot(Mutex::new(Some(f)))
+    }
+}
+
+impl<F> Work for WorkSlot<F>
+where
+    F: FnOnce(&TaskContext) -> Result<TaskResult, Failure> + Send,
+{
+    fn run(&self, ctx: &TaskContext) -> Option<Result<TaskResult, Failure>> {
+        let f = self.0.lock().take()?;
+        Some(f(ctx))
+    }
+
+    fn discard(&self) {
+        let f = self.0.lock().take();
+        drop(f);
+    }
+}
+
+/// What a new cell is made of besides its work and priority, decided by
+/// `Shared::submit` (the sequence number under the registry lock).
+pub(crate) struct CellParts {
+    /// Sequence number.
+    pub(crate) seq: u64,
+    /// Its group, joined.
+    pub(crate) group: Option<Arc<GroupState>>,
+    /// Its kwargs, for a task without upstream.
+    pub(crate) input: Option<Box<Input>>,
+    /// Its node, for a task with upstream.
+    pub(crate) node: Option<Box<Node>>,
+}
+
+/// Makes a new task's cell (see `TaskBuilder::submit`); called once.
+pub(crate) type MakeCell<'a> = &'a mut dyn FnMut(CellParts) -> Arc<TaskCell>;
+
+/// Work that must never run, for tests of the scheduling structures.
+#[cfg(test)]
+pub(crate) fn never() -> WorkSlot<impl FnOnce(&TaskContext) -> Result<TaskResult, Failure> + Send> {
+    WorkSlot::new(|_: &TaskContext| -> Result<TaskResult, Failure> { unreachable!("not run") })
+}
+
+/// The work of a task that will never run: dropping this drops it, so the
+/// holder decides where (after every lock is released).
+pub(crate) struct Job(Arc<TaskCell>);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.0.work.discard();
+    }
+}
+
+/// One task's shared record; `W` is its work, a closure's type when the
+/// cell is made and `dyn Work` everywhere else.
+pub(crate) struct TaskCell<W: ?Sized + Work = dyn Work> {
     /// Sequence number (its `TaskId` within the manager).
     pub(crate) seq: u64,
     /// Higher runs first; changed by `set_priority` under the scheduler lock.
@@ -283,8 +350,10 @@ pub(crate) struct TaskCell {
     pub(crate) group: Option<Arc<GroupState>>,
     /// Flags and pending count (module invariants).
     state: AtomicU64,
-    /// The work, then the outcome, and the waiters.
+    /// Whether the work is pending, then the outcome, and the waiters.
     pub(crate) payload: Mutex<Slot>,
+    /// The work (last: the unsized field).
+    work: W,
 }
 
 impl fmt::Debug for TaskCell {
@@ -300,14 +369,14 @@ impl fmt::Debug for TaskCell {
     }
 }
 
-impl TaskCell {
+impl<W: Work> TaskCell<W> {
     /// Creates the cell of a new task; with a `node` for tasks that get one
     /// at once (those with upstream tasks), which are then `PROMOTED`.
     pub(crate) fn new(
         seq: u64,
         priority: i32,
         group: Option<Arc<GroupState>>,
-        job: Job,
+        work: W,
         input: Option<Box<Input>>,
         node: Option<Box<Node>>,
     ) -> Self {
@@ -320,13 +389,16 @@ impl TaskCell {
             group,
             state: AtomicU64::new(if promoted { PROMOTED } else { 0 }),
             payload: Mutex::new(Slot {
-                work: Payload::Pending { job, input },
+                work: Payload::Pending { input },
                 extras: None,
                 node,
             }),
+            work,
         }
     }
+}
 
+impl TaskCell {
     /// Returns the task's priority.
     pub(crate) fn priority(&self) -> i32 {
         self.priority.load(Ordering::Relaxed)
@@ -436,38 +508,38 @@ impl TaskCell {
 
     /// Gives a worker the work and input of a claimed task: the input
     /// added with it (a task without upstream) or gathered in its node.
-    pub(crate) fn take_work(&self) -> Option<(Job, Option<Input>)> {
+    pub(crate) fn take_work(&self) -> Option<Option<Input>> {
         let mut slot = self.payload.lock();
         if !matches!(slot.work, Payload::Pending { .. }) {
             return None; // taken already, or ended: an outcome stays
         }
         match std::mem::replace(&mut slot.work, Payload::Empty) {
-            Payload::Pending { job, input } => {
-                let input = match (input, slot.node.as_deref_mut()) {
-                    (Some(input), _) => Some(*input),
-                    (None, Some(node)) => {
-                        let input = std::mem::take(&mut node.input);
-                        let empty = input.kwargs.is_empty() && input.upstream.is_empty();
-                        (!empty).then(|| input.merged())
-                    }
-                    (None, None) => None,
-                };
-                Some((job, input))
-            }
+            Payload::Pending { input } => Some(match (input, slot.node.as_deref_mut()) {
+                (Some(input), _) => Some(*input),
+                (None, Some(node)) => {
+                    let input = std::mem::take(&mut node.input);
+                    let empty = input.kwargs.is_empty() && input.upstream.is_empty();
+                    (!empty).then(|| input.merged())
+                }
+                (None, None) => None,
+            }),
             _ => None,
         }
     }
 
-    /// Takes the job of a task that will never run.
-    pub(crate) fn take_job(&self) -> Option<Job> {
+    /// Runs the work of a task whose work this worker took (`take_work`).
+    pub(crate) fn run_work(&self, ctx: &TaskContext) -> Option<Result<TaskResult, Failure>> {
+        self.work.run(ctx)
+    }
+
+    /// Takes the work of a task that will never run, to drop unlocked.
+    pub(crate) fn take_job(self: &Arc<Self>) -> Option<Job> {
         let mut slot = self.payload.lock();
         if !matches!(slot.work, Payload::Pending { .. }) {
             return None; // taken already, or ended: an outcome stays
         }
-        match std::mem::replace(&mut slot.work, Payload::Empty) {
-            Payload::Pending { job, .. } => Some(job),
-            _ => None,
-        }
+        slot.work = Payload::Empty;
+        Some(Job(Arc::clone(self)))
     }
 
     /// Runs `f` on the task's graph node, if it has one (scheduler lock held).
@@ -572,7 +644,7 @@ impl TaskCell {
     ///
     /// Returns `None` if it had ended, or was not blocked.
     pub(crate) fn end_linked(
-        &self,
+        self: &Arc<Self>,
         outcome: &Outcome,
         pending: usize,
         only_blocked: bool,
@@ -588,7 +660,7 @@ impl TaskCell {
             .ok()?; // stopped a moment ago: the stop owns its end
                     // A blocked task's work is still here: it never runs.
         let job = match std::mem::replace(&mut slot.work, Payload::Done(outcome.clone(), order)) {
-            Payload::Pending { job, .. } => Some(job),
+            Payload::Pending { .. } => Some(Job(Arc::clone(self))),
             _ => None,
         };
         let mut downstream = Cells::new();
@@ -741,11 +813,8 @@ pub(crate) enum Ended {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::Job;
-
-    fn cell() -> TaskCell {
-        let job: Job = Box::new(|_| unreachable!());
-        TaskCell::new(1, 0, None, job, None, None)
+    fn cell() -> Arc<TaskCell> {
+        Arc::new(TaskCell::new(1, 0, None, never(), None, None))
     }
 
     #[test]

@@ -86,6 +86,7 @@ use smallvec::SmallVec;
 
 use crate::builder::Builder;
 use crate::cell::{wake_all, FastEnd, Input, Outcome, TaskCell, Waiter};
+use crate::cell::{CellParts, Job, MakeCell};
 use crate::error::Error;
 use crate::event::Event;
 use crate::group::GroupTable;
@@ -99,7 +100,7 @@ use crate::subscription::{self, Emitter, Envelope, Subscription};
 use crate::sync::{
     fence, Arc, AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
 };
-use crate::task::{Job, TaskBuilder, TaskContext};
+use crate::task::{TaskBuilder, TaskContext};
 use crate::trace::TaskSpan;
 use crate::unwind;
 use crate::worker;
@@ -398,7 +399,7 @@ impl Shared {
     /// Adds a task; see `TaskBuilder::spawn`.
     pub(crate) fn submit(
         self: &Arc<Self>,
-        job: Job,
+        make: MakeCell<'_>,
         priority: i32,
         group: Option<Group>,
         after: SmallVec<[TaskId; 2]>,
@@ -408,7 +409,7 @@ impl Shared {
             return Err(Error::ShutDown);
         }
         if after.is_empty() {
-            return Ok(self.submit_fast(job, priority, group, kwargs));
+            return Ok(self.submit_fast(make, priority, group, kwargs));
         }
         let issued = self.next_seq.load(Ordering::Acquire);
         let mut upstream = Ids::new();
@@ -428,7 +429,12 @@ impl Shared {
         let (cell, linked) = {
             let mut registry = self.registry.lock();
             let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
-            let cell = Arc::new(TaskCell::new(seq, priority, group, job, None, Some(node)));
+            let cell = make(CellParts {
+                seq,
+                group,
+                input: None,
+                node: Some(node),
+            });
             registry.push(Arc::clone(&cell));
             let linked = state::link(&registry, &cell, &upstream);
             if matches!(linked, Linked::Ready) && priority == 0 {
@@ -497,7 +503,7 @@ impl Shared {
     /// Adds a task without upstream (module docs).
     fn submit_fast(
         self: &Arc<Self>,
-        job: Job,
+        make: MakeCell<'_>,
         priority: i32,
         group: Option<Group>,
         kwargs: Kwargs,
@@ -512,7 +518,12 @@ impl Shared {
         let cell = {
             let mut registry = self.registry.lock();
             let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
-            let cell = Arc::new(TaskCell::new(seq, priority, group, job, input, None));
+            let cell = make(CellParts {
+                seq,
+                group,
+                input,
+                node: None,
+            });
             registry.push(Arc::clone(&cell));
             if priority == 0 {
                 self.fifo.push(Arc::clone(&cell));
@@ -719,7 +730,7 @@ impl Shared {
         w: usize,
         busy: &AtomicUsize,
     ) -> Option<Arc<TaskCell>> {
-        let Some((job, input)) = cell.take_work() else {
+        let Some(input) = cell.take_work() else {
             // Stopped between hand-out and start.
             self.release_group_slot(&cell);
             let next = self.next_or_idle(w, busy);
@@ -732,9 +743,14 @@ impl Shared {
         };
         let ctx = TaskContext::new(id, Arc::clone(&cell), input);
         let span = TaskSpan::start(&cell);
-        let outcome = span.run(|| match job(&ctx) {
-            Ok(result) => Outcome::Completed(result),
-            Err(failure) => Outcome::Failed(Arc::new(failure)),
+        let outcome = span.run(|| match cell.run_work(&ctx) {
+            Some(Ok(result)) => Outcome::Completed(result),
+            Some(Err(failure)) => Outcome::Failed(Arc::new(failure)),
+            // Cannot happen: this worker took the work (`take_work`).
+            None => Outcome::Failed(Arc::new(crate::unwind::Failure {
+                message: "internal error: the task's work was already taken".into(),
+                traceback: String::new(),
+            })),
         });
         drop(ctx);
         span.end(&outcome, cell.is_stopped());

@@ -180,11 +180,16 @@ impl ReadyQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::Job;
 
     fn cell(seq: u64) -> Arc<TaskCell> {
-        let job: Job = Box::new(|_| unreachable!());
-        Arc::new(TaskCell::new(seq, 0, None, job, None, None))
+        Arc::new(TaskCell::new(
+            seq,
+            0,
+            None,
+            crate::cell::never(),
+            None,
+            None,
+        ))
     }
 
     fn drain(q: &mut ReadyQueue) -> Vec<u64> {

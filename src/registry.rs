@@ -91,11 +91,16 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::Job;
 
     fn cell(seq: u64) -> Arc<TaskCell> {
-        let job: Job = Box::new(|_| unreachable!("not run"));
-        Arc::new(TaskCell::new(seq, 0, None, job, None, None))
+        Arc::new(TaskCell::new(
+            seq,
+            0,
+            None,
+            crate::cell::never(),
+            None,
+            None,
+        ))
     }
 
     #[test]

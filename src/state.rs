@@ -44,6 +44,7 @@ use std::collections::HashMap;
 use crossbeam_queue::SegQueue;
 use smallvec::SmallVec;
 
+use crate::cell::Job;
 use crate::cell::{Cells, Ended, Input, Node, Outcome, Payload, StopFound, TaskCell, Waiter};
 use crate::event::Event;
 use crate::id::{Group, TaskId};
@@ -53,7 +54,6 @@ use crate::result::TaskResult;
 use crate::stats::{GroupStats, Stats, TaskState};
 use crate::subscription::{Emitter, Envelope};
 use crate::sync::{Arc, Condvar, Mutex, Weak};
-use crate::task::Job;
 use crate::unwind::Failure;
 
 /// Sequence numbers of a new task's upstream tasks: most have one or two.
@@ -684,10 +684,16 @@ mod tests {
     /// Adds task `seq` after `upstream` as `submit` does, but a ready task
     /// goes to the locked queue. Returns its cell and the jobs to drop.
     fn add(st: &mut State, env: &Env<'_>, seq: u64, upstream: &[u64]) -> (Arc<TaskCell>, Vec<Job>) {
-        let job: Job = Box::new(|_| unreachable!("not run"));
         let upstream: Ids = upstream.iter().copied().collect();
         let node = new_node(Kwargs::new(), &upstream);
-        let cell = Arc::new(TaskCell::new(seq, 0, None, job, None, Some(node)));
+        let cell: Arc<TaskCell> = Arc::new(TaskCell::new(
+            seq,
+            0,
+            None,
+            crate::cell::never(),
+            None,
+            Some(node),
+        ));
         let jobs = st.insert(env, &cell, &upstream);
         (cell, jobs)
     }

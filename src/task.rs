@@ -8,7 +8,7 @@ use std::panic::Location;
 
 use smallvec::SmallVec;
 
-use crate::cell::{Input, TaskCell};
+use crate::cell::{CellParts, Input, TaskCell, WorkSlot};
 use crate::error::Error;
 use crate::handle::TaskHandle;
 use crate::id::{Group, TaskId};
@@ -19,7 +19,13 @@ use crate::sync::Arc;
 use crate::unwind::{self, Failure};
 
 /// A task's work, type-erased: runs the user's closure, catching panics.
-pub(crate) type Job = Box<dyn FnOnce(&TaskContext) -> Result<TaskResult, Failure> + Send>;
+/// What a task's closure becomes: its result or failure, panics caught.
+pub(crate) trait JobFn:
+    FnOnce(&TaskContext) -> Result<TaskResult, Failure> + Send + 'static
+{
+}
+
+impl<F> JobFn for F where F: FnOnce(&TaskContext) -> Result<TaskResult, Failure> + Send + 'static {}
 
 /// The event-loop wake-up callback set with `TaskManager::set_notifier`.
 pub(crate) type Notifier = Arc<dyn Fn() + Send + Sync>;
@@ -348,17 +354,14 @@ impl<'a> TaskBuilder<'a> {
         E: Into<Box<dyn StdError + Send + Sync>>,
     {
         let added_at = Location::caller();
-        let job: Job =
-            Box::new(
-                move |ctx: &TaskContext| match unwind::catch_task(added_at, || f(ctx)) {
-                    Ok(Ok(value)) => Ok(TaskResult::new(value)),
-                    Ok(Err(err)) => {
-                        let err: Box<dyn StdError + Send + Sync> = err.into();
-                        Err(unwind::error_failure(err.as_ref(), added_at))
-                    }
-                    Err(failure) => Err(failure),
-                },
-            );
+        let job = move |ctx: &TaskContext| match unwind::catch_task(added_at, || f(ctx)) {
+            Ok(Ok(value)) => Ok(TaskResult::new(value)),
+            Ok(Err(err)) => {
+                let err: Box<dyn StdError + Send + Sync> = err.into();
+                Err(unwind::error_failure(err.as_ref(), added_at))
+            }
+            Err(failure) => Err(failure),
+        };
         self.submit(job).map(|(id, cell)| TaskHandle::new(id, cell))
     }
 
@@ -372,12 +375,13 @@ impl<'a> TaskBuilder<'a> {
     ///
     /// As [`spawn`](Self::spawn).
     pub fn spawn_pass_through(self) -> Result<TaskHandle<Kwargs>, Error> {
-        let job: Job = Box::new(|ctx: &TaskContext| Ok(TaskResult::new(ctx.kwargs().clone())));
+        let job = |ctx: &TaskContext| Ok(TaskResult::new(ctx.kwargs().clone()));
         self.submit(job).map(|(id, cell)| TaskHandle::new(id, cell))
     }
 
-    /// Hands the task to the manager.
-    fn submit(self, job: Job) -> Result<(TaskId, Arc<TaskCell>), Error> {
+    /// Hands the task to the manager: its cell, with `job` inside, is made
+    /// once the manager knows its sequence number.
+    fn submit(self, job: impl JobFn) -> Result<(TaskId, Arc<TaskCell>), Error> {
         let TaskBuilder {
             manager,
             priority,
@@ -385,6 +389,20 @@ impl<'a> TaskBuilder<'a> {
             after,
             kwargs,
         } = self;
-        manager.shared().submit(job, priority, group, after, kwargs)
+        let mut job = Some(job);
+        let mut make = |parts: CellParts| -> Arc<TaskCell> {
+            let work = WorkSlot::new(job.take().expect("a task's cell is made once"));
+            Arc::new(TaskCell::new(
+                parts.seq,
+                priority,
+                parts.group,
+                work,
+                parts.input,
+                parts.node,
+            ))
+        };
+        manager
+            .shared()
+            .submit(&mut make, priority, group, after, kwargs)
     }
 }

@@ -136,7 +136,7 @@ fn loom_finish_vs_shut_down() {
 #[test]
 fn loom_claim_vs_pause() {
     loom::model(|| {
-        let cell = Arc::new(crate::cell::TaskCell::new(
+        let cell: Arc<crate::cell::TaskCell> = Arc::new(crate::cell::TaskCell::new(
             1,
             0,
             None,

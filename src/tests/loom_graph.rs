@@ -26,7 +26,7 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
             let env = Env {
                 registry: &registry,
             };
-            let cell = |seq, kwargs, up: &Ids| {
+            let cell = |seq, kwargs, up: &Ids| -> Arc<TaskCell> {
                 let node = new_node(kwargs, up);
                 Arc::new(TaskCell::new(seq, 0, None, never(), None, Some(node)))
             };
@@ -69,7 +69,7 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
         let next = st.pop_ready(&fifo).expect("the downstream task is ready");
         assert!(Arc::ptr_eq(&next, &d));
         assert!(st.pop_ready(&fifo).is_none());
-        let (_, input) = d.take_work().expect("the downstream task has its work");
+        let input = d.take_work().expect("the downstream task has its work");
         let input = input.expect("it has input");
         for key in ["own", "from_u0", "from_u1"] {
             assert!(input.kwargs.contains_key(key), "missing {key}");
@@ -95,7 +95,7 @@ fn loom_link_vs_upstream_end() {
                 registry: &registry,
             };
             let node = new_node(Kwargs::new(), &Ids::new());
-            let up = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
+            let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
             assert!(st.insert(&env, &up, &Ids::new()).is_empty());
             let running = st.pop_ready(&fifo).expect("the upstream task is ready");
             assert!(running.take_work().is_some());
@@ -114,7 +114,7 @@ fn loom_link_vs_upstream_end() {
         // The submitter, as `Shared::submit` does.
         let upstream: Ids = [0].into_iter().collect();
         let node = new_node(Kwargs::new(), &upstream);
-        let down = Arc::new(TaskCell::new(1, 0, None, never(), None, Some(node)));
+        let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, Some(node)));
         let linked = {
             let mut registry = registry.lock();
             registry.push(Arc::clone(&down));
@@ -135,7 +135,7 @@ fn loom_link_vs_upstream_end() {
             let next = st.pop_ready(&fifo).expect("the released task");
             assert!(Arc::ptr_eq(&next, &down));
         }
-        let (_, input) = down.take_work().expect("the task has its work");
+        let input = down.take_work().expect("the task has its work");
         let input = input.expect("it has input");
         assert!(
             input.kwargs.contains_key("from_up"),

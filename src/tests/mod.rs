@@ -11,19 +11,15 @@
 
 use crate::cell::TaskCell;
 use crate::sync::Arc;
-use crate::task::Job;
 
 mod loom_cell;
 mod loom_graph;
 
-/// A job that must never run in a model.
-fn never() -> Job {
-    Box::new(|_| unreachable!("models do not run jobs"))
-}
+pub(super) use crate::cell::never;
 
 /// A fast task's cell, claimed by a worker.
 fn claimed(seq: u64) -> Arc<TaskCell> {
-    let cell = Arc::new(TaskCell::new(seq, 0, None, never(), None, None));
+    let cell: Arc<TaskCell> = Arc::new(TaskCell::new(seq, 0, None, never(), None, None));
     assert!(cell.claim());
     cell
 }
