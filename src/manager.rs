@@ -94,7 +94,7 @@ use crate::handle::TaskHandle;
 use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
-use crate::state::{self, terminal_event, Env, Ids, Linked, Mode, Outs, State, WorkerSlot};
+use crate::state::{self, terminal_event, Env, Ids, Linked, Mode, State, WorkerSlot};
 use crate::stats::{Stats, TaskState};
 use crate::subscription::{self, Emitter, Envelope, Subscription};
 use crate::sync::{
@@ -185,24 +185,22 @@ impl Drop for Notify<'_> {
 
 /// Events decided under the scheduler lock, queued just after it is
 /// released. The emit lock is taken before the scheduler lock is released
-/// and held until they are queued, so events enter the queues in the order
-/// of the critical sections that decided them (state invariant 4) and with
-/// the subscriber list their pending counts were made for (emitter
-/// invariant 1), while the next critical section can already start:
-/// queueing an event may wake the owner, a system call.
-struct Announce<'a> {
-    /// The emit lock, taken under the scheduler lock.
-    em: Option<MutexGuard<'a, Emitter>>,
-    /// The ends to announce, in order.
-    out: Outs,
-}
+/// (the events move into `Emitter::deferred`) and held until they are
+/// queued, so events enter the queues in the order of the critical sections
+/// that decided them (state invariant 4) and with the subscriber list their
+/// pending counts were made for (emitter invariant 1), while the next
+/// critical section can already start: queueing an event may wake the
+/// owner, a system call.
+struct Announce<'a>(Option<MutexGuard<'a, Emitter>>);
 
 impl Drop for Announce<'_> {
     fn drop(&mut self) {
-        if let Some(mut em) = self.em.take() {
-            for end in self.out.drain(..) {
+        if let Some(mut em) = self.0.take() {
+            let mut ends = std::mem::take(&mut em.deferred);
+            for end in ends.drain(..) {
                 end.announce(&mut em);
             }
+            em.deferred = ends; // keeps its capacity
         }
     }
 }
@@ -265,8 +263,9 @@ impl Drop for Locked<'_> {
         store_if_changed(self.hint, self.guard.best_priority());
         self.garbage.1.append(&mut self.guard.wakes);
         if !self.guard.out.is_empty() {
-            self.announce.em = Some(self.emitter.lock());
-            std::mem::swap(&mut self.announce.out, &mut self.guard.out);
+            let mut em = self.emitter.lock();
+            em.deferred.extend(self.guard.out.drain(..));
+            self.announce.0 = Some(em);
             self.notify.0 = Some(self.emitter);
         }
     }
@@ -369,10 +368,7 @@ impl Shared {
     pub(crate) fn lock(&self) -> Locked<'_> {
         let mut st = Locked {
             guard: self.state.lock(),
-            announce: Announce {
-                em: None,
-                out: Outs::new(),
-            },
+            announce: Announce(None),
             hint: &self.hint,
             garbage: Garbage::default(),
             notify: Notify(None),
@@ -480,6 +476,9 @@ impl Shared {
     /// Applies the inbox's changes, in order (lock held), then publishes
     /// the hint before the inbox stops counting them (see [`Inbox`]).
     fn drain_inbox(&self, st: &mut Locked<'_>) {
+        if self.inbox.is_empty() {
+            return; // (a push counts itself first)
+        }
         let mut drained = 0;
         while let Some(cell) = self.inbox.queue.pop() {
             drained += 1;

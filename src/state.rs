@@ -195,8 +195,12 @@ impl State {
         loop {
             // Compare live entries only: a stale head of a higher level
             // would otherwise keep the FIFO's head out of the comparison.
-            self.ready.drop_stale(is_live_entry);
-            if self.ready.best_priority().is_none_or(|p| p <= 0) {
+            // (Nothing to compare with an empty FIFO: `pop` skips stale
+            // entries itself.)
+            if !fifo.is_empty() {
+                self.ready.drop_stale(is_live_entry);
+            }
+            if !fifo.is_empty() && self.ready.best_priority().is_none_or(|p| p <= 0) {
                 // The FIFO's first live entry, if any, competes by id.
                 while let Some(cell) = fifo.pop() {
                     // Skip stopped tasks and those `set_priority` moved here.

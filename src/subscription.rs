@@ -196,6 +196,10 @@ pub(crate) struct Emitter {
     notify_due: bool,
     /// The last subscription id handed out.
     next_id: u64,
+    /// Ends decided under the scheduler lock, moved here under both locks
+    /// and announced after the scheduler lock is released (`Announce` in
+    /// `manager.rs`); empty otherwise. Kept here so its capacity is reused.
+    pub(crate) deferred: Vec<crate::state::Outgoing>,
 }
 
 impl fmt::Debug for Emitter {
