@@ -80,7 +80,7 @@ pub(crate) struct Input {
     /// Results of completed upstream tasks: (end order, upstream sequence
     /// number, result). Gathered in any order (a result the submitter took
     /// from a finished upstream may arrive after a later one's release).
-    pub(crate) upstream: SmallVec<[(u64, u64, TaskResult); 1]>,
+    pub(crate) upstream: SmallVec<[(u64, u64, TaskResult); 2]>,
 }
 
 impl Input {
