@@ -75,7 +75,9 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let shape = args.first().map_or("w1", String::as_str);
-    let n = args.get(1).map_or(100_000, |s| s.parse().expect("a task count"));
+    let n = args
+        .get(1)
+        .map_or(100_000, |s| s.parse().expect("a task count"));
     let elapsed = run(shape, n);
     println!(
         "{shape}: {n} tasks in {elapsed:?} ({:.0} ns per task)",
