@@ -18,8 +18,11 @@
 //! 2. `STOPPED` may also be set after `FINISHED`, only while the pending
 //!    count is non-zero: that stops a task whose event waits in a queue.
 //! 3. The pending count is the number of subscription queues that hold the
-//!    terminal event undelivered. It is raised, under the emit lock, before
-//!    the event is queued, and lowered once per queue by `settle`. A queue
+//!    terminal event undelivered. It is raised before the event is queued,
+//!    in the same compare-and-swap that sets `FINISHED` (under the emit
+//!    lock for a fast task; under the scheduler lock, whose fan-out mirror
+//!    only changes under both locks, for a promoted one), and lowered once
+//!    per queue by `settle`. A queue
 //!    delivers the event only if `STOPPED` was clear when it settled, so a
 //!    stop that returns has excluded every later delivery ("no stale events").
 //! 4. A task is *live to the owner* until it is stopped, or finished with a
@@ -40,6 +43,11 @@
 //! 8. A finished task keeps its outcome in the slot for its handles until
 //!    the cell is dropped, unless it is stopped afterwards (then handles see
 //!    `Stopped`, like everyone else).
+//! 9. The work (the task's closure, in the cell) is taken once, by whoever
+//!    moves the slot out of `Payload::Pending`: the worker that runs it
+//!    (`take_work`, then `run_work`), or whoever ends the task before it
+//!    started, as a [`Job`] (`take_job`, `end_linked`) whose drop discards
+//!    the closure once every lock is released.
 
 use std::fmt;
 

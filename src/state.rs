@@ -515,7 +515,12 @@ impl State {
                         // Group invariant 1: stops end members silently.
                         g.end_member();
                     }
-                    self.release(cell.seq, cell.downstream(), None);
+                    // Only a promoted task has edges. (A linker promotes
+                    // under the slot lock and only a task not yet stopped,
+                    // so a task without the bit has none, now or later.)
+                    if cell.is_promoted() {
+                        self.release(cell.seq, cell.downstream(), None);
+                    }
                 }
             }
         }
