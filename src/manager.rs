@@ -201,14 +201,22 @@ impl Drop for Announce<'_> {
                 end.announce(&mut em);
             }
             em.deferred = ends; // keeps its capacity
+                                // The notifier, if an event landed in an empty queue, once the
+                                // emit lock is released (it is user code).
+            let notifier = em.take_notify();
+            drop(em);
+            if let Some(n) = notifier {
+                // A panicking notifier must not take the worker down (SPEC 7).
+                unwind::contain(|| n());
+            }
         }
     }
 }
 
 /// The scheduler lock, held. Dropping it publishes the hint and takes the
-/// emit lock if events are owed, releases the lock, queues the events,
-/// then drops collected jobs, then calls the notifier if events were
-/// emitted (fields drop in declaration order).
+/// emit lock if events are owed, releases the lock, queues the events and
+/// calls the notifier if one is due, then drops collected jobs and wakes
+/// waiters (fields drop in declaration order).
 pub(crate) struct Locked<'a> {
     /// The lock itself.
     pub(crate) guard: MutexGuard<'a, State>,
@@ -265,8 +273,8 @@ impl Drop for Locked<'_> {
         if !self.guard.out.is_empty() {
             let mut em = self.emitter.lock();
             em.deferred.extend(self.guard.out.drain(..));
+            // `announce` also calls the notifier.
             self.announce.0 = Some(em);
-            self.notify.0 = Some(self.emitter);
         }
     }
 }
