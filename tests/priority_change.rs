@@ -316,3 +316,25 @@ fn task_reprioritised_twice_while_processing_runs_once() {
     assert_quiet(&m, &sub);
     assert_eq!(*log.lock().unwrap(), [a, b, c]);
 }
+
+/// A task added after an upstream whose event was delivered is ready at
+/// once and queues with the tasks without upstream (by priority, then in
+/// the order added); a priority change moves it like any queued task.
+#[test]
+fn a_task_ready_when_added_after_a_delivered_upstream_queues_like_any_other() {
+    let m = paused(1);
+    let sub = m.subscribe();
+    let log = Log::default();
+    let up = add_logged(&m, &log, 0);
+    assert_eq!(run_order(&m, &sub, &log, 1), [up]);
+    m.pause_processing();
+    log.lock().unwrap().clear();
+    let a = add_logged(&m, &log, 0);
+    let b = add_logged_after(&m, &log, 0, up); // ready at once
+    let c = add_logged(&m, &log, 0);
+    let d = add_logged_after(&m, &log, 0, up);
+    assert_eq!(m.task_state(b), Some(TaskState::Queued));
+    assert!(m.set_priority(d, 1));
+    assert!(m.set_priority(a, -1));
+    assert_eq!(run_order(&m, &sub, &log, 4), [d, b, c, a]);
+}
