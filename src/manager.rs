@@ -254,11 +254,29 @@ impl Locked<'_> {
         store_if_changed(self.hint, self.guard.best_priority());
         self.garbage.1.append(&mut self.guard.wakes);
         if !self.guard.out.is_empty() {
-            let mut em = self.emitter.lock();
+            let mut taken = None;
+            let em = match self.announce.0.as_mut() {
+                Some(held) => held,
+                None => taken.insert(self.emitter.lock()),
+            };
             for end in self.guard.out.drain(..) {
-                end.announce(&mut em);
+                end.announce(em);
             }
             self.notify.0 = Some(self.emitter);
+        }
+    }
+
+    /// Takes the emit lock now, for a critical section that ends tasks with
+    /// graph nodes, and holds it until their events are queued. An end's
+    /// order (`cell::end_order`: which `Kwargs` result wins a clash, which
+    /// failure a task added later inherits) is then decided under the same
+    /// hold of the emit lock as its event's place in the queues, as on the
+    /// fast path. Without it, a fast task could end (order and event) between
+    /// a graph end's order and its event, and a task linked meanwhile to
+    /// both would merge them in the opposite order to their events.
+    pub(crate) fn hold_emit(&mut self) {
+        if self.announce.0.is_none() {
+            self.announce.0 = Some(self.emitter.lock());
         }
     }
 }
@@ -271,7 +289,12 @@ impl Drop for Locked<'_> {
         store_if_changed(self.hint, self.guard.best_priority());
         self.garbage.1.append(&mut self.guard.wakes);
         if !self.guard.out.is_empty() {
-            let mut em = self.emitter.lock();
+            // Held already if `hold_emit` was called.
+            let em = match self.announce.0.take() {
+                Some(held) => held,
+                None => self.emitter.lock(),
+            };
+            let mut em = em;
             em.deferred.extend(self.guard.out.drain(..));
             // `announce` also calls the notifier.
             self.announce.0 = Some(em);
@@ -458,6 +481,7 @@ impl Shared {
             Linked::Blocked => {}
             Linked::Failed(failure) => {
                 let mut st = self.lock();
+                st.hold_emit();
                 let jobs = st.fail_on_arrival(&cell, failure);
                 st.discard(jobs);
             }
@@ -837,6 +861,7 @@ impl Shared {
         worker: Option<(usize, &AtomicUsize)>,
     ) -> Option<Arc<TaskCell>> {
         let mut st = self.lock();
+        st.hold_emit();
         let jobs = st.finish(cell, outcome);
         st.discard(jobs);
         let mut next = None;
