@@ -334,6 +334,12 @@ pub(crate) fn never() -> WorkSlot<impl FnOnce(&TaskContext) -> Result<TaskResult
     WorkSlot::new(|_: &TaskContext| -> Result<TaskResult, Failure> { unreachable!("not run") })
 }
 
+/// A fast task's cell with work that must never run, for tests.
+#[cfg(test)]
+pub(crate) fn test_cell(seq: u64) -> Arc<TaskCell> {
+    Arc::new(TaskCell::new(seq, 0, None, never(), None, None))
+}
+
 /// The work of a task that will never run: dropping this drops it, so the
 /// holder decides where (after every lock is released).
 pub(crate) struct Job(Arc<TaskCell>);
@@ -822,7 +828,7 @@ pub(crate) enum Ended {
 mod tests {
     use super::*;
     fn cell() -> Arc<TaskCell> {
-        Arc::new(TaskCell::new(1, 0, None, never(), None, None))
+        test_cell(1)
     }
 
     #[test]

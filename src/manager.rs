@@ -290,11 +290,10 @@ impl Drop for Locked<'_> {
         self.garbage.1.append(&mut self.guard.wakes);
         if !self.guard.out.is_empty() {
             // Held already if `hold_emit` was called.
-            let em = match self.announce.0.take() {
+            let mut em = match self.announce.0.take() {
                 Some(held) => held,
                 None => self.emitter.lock(),
             };
-            let mut em = em;
             em.deferred.extend(self.guard.out.drain(..));
             // `announce` also calls the notifier.
             self.announce.0 = Some(em);

@@ -180,17 +180,7 @@ impl ReadyQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cell(seq: u64) -> Arc<TaskCell> {
-        Arc::new(TaskCell::new(
-            seq,
-            0,
-            None,
-            crate::cell::never(),
-            None,
-            None,
-        ))
-    }
+    use crate::cell::test_cell as cell;
 
     fn drain(q: &mut ReadyQueue) -> Vec<u64> {
         std::iter::from_fn(|| q.pop(|_, _| true))

@@ -91,17 +91,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cell(seq: u64) -> Arc<TaskCell> {
-        Arc::new(TaskCell::new(
-            seq,
-            0,
-            None,
-            crate::cell::never(),
-            None,
-            None,
-        ))
-    }
+    use crate::cell::test_cell as cell;
 
     #[test]
     fn finds_every_cell_with_and_without_gaps() {

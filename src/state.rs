@@ -690,9 +690,23 @@ mod tests {
         }))
     }
 
+    /// A registry, a FIFO and a processing scheduler state whose events go
+    /// to `fan_out` subscriptions.
+    fn scene(fan_out: usize) -> (Mutex<Registry>, SegQueue<Arc<TaskCell>>, State) {
+        let mut st = State::new(Mode::Processing, 1);
+        st.fan_out = fan_out;
+        (Mutex::new(Registry::default()), SegQueue::new(), st)
+    }
+
     /// Adds task `seq` after `upstream` as `submit` does, but a ready task
     /// goes to the locked queue. Returns its cell and the jobs to drop.
-    fn add(st: &mut State, env: &Env<'_>, seq: u64, upstream: &[u64]) -> (Arc<TaskCell>, Vec<Job>) {
+    fn add(
+        st: &mut State,
+        registry: &Mutex<Registry>,
+        seq: u64,
+        upstream: &[u64],
+    ) -> (Arc<TaskCell>, Vec<Job>) {
+        let env = Env { registry };
         let upstream: Ids = upstream.iter().copied().collect();
         let node = new_node(Kwargs::new(), &upstream);
         let cell: Arc<TaskCell> = Arc::new(TaskCell::new(
@@ -703,7 +717,7 @@ mod tests {
             None,
             Some(node),
         ));
-        let jobs = st.insert(env, &cell, &upstream);
+        let jobs = st.insert(&env, &cell, &upstream);
         (cell, jobs)
     }
 
@@ -716,13 +730,8 @@ mod tests {
 
     #[test]
     fn a_task_added_after_a_failed_upstream_with_a_pending_event_fails_at_once() {
-        let registry = Mutex::new(Registry::default());
-        let env = Env {
-            registry: &registry,
-        };
-        let fifo = SegQueue::new();
-        let mut st = State::new(Mode::Processing, 1);
-        let (up, jobs) = add(&mut st, &env, 0, &[]);
+        let (registry, fifo, mut st) = scene(0);
+        let (up, jobs) = add(&mut st, &registry, 0, &[]);
         assert!(jobs.is_empty());
         let running = start(&mut st, &fifo).expect("ready");
         // No subscriber: a finished task is no longer live.
@@ -734,7 +743,7 @@ mod tests {
         );
         st.out.clear();
         // A task added after it is simply satisfied.
-        assert!(add(&mut st, &env, 1, &[0]).1.is_empty());
+        assert!(add(&mut st, &registry, 1, &[0]).1.is_empty());
         let running = start(&mut st, &fifo).expect("released at once");
         assert_eq!(running.seq, 1);
         let done = Outcome::Completed(TaskResult::new(()));
@@ -743,11 +752,11 @@ mod tests {
         // With a subscriber the failed upstream stays live until delivered,
         // and a task added after it fails at once, with it.
         st.fan_out = 1;
-        let (up2, jobs) = add(&mut st, &env, 2, &[]);
+        let (up2, jobs) = add(&mut st, &registry, 2, &[]);
         assert!(jobs.is_empty());
         let running = start(&mut st, &fifo).expect("ready");
         let _ = st.finish(&running, boom());
-        let (down, jobs) = add(&mut st, &env, 3, &[2]);
+        let (down, jobs) = add(&mut st, &registry, 3, &[2]);
         assert_eq!(
             jobs.len(),
             1,
@@ -758,23 +767,20 @@ mod tests {
         // Delivering both events leaves nothing live.
         st.out.clear();
         assert!(up2.is_dead() && down.is_dead());
+        let env = Env {
+            registry: &registry,
+        };
         assert!(st.all_live(&env).is_empty());
     }
 
     #[test]
     fn a_failure_cascades_by_distance_then_id_once_per_task() {
         // 0 -> {1, 2}; 1 -> 3; 2 -> 3 (a diamond); 3 -> 4; 2 -> 5.
-        let registry = Mutex::new(Registry::default());
-        let env = Env {
-            registry: &registry,
-        };
-        let fifo = SegQueue::new();
-        let mut st = State::new(Mode::Processing, 1);
-        st.fan_out = 1;
+        let (registry, fifo, mut st) = scene(1);
         let ups: [&[u64]; 6] = [&[], &[0], &[0], &[1, 2], &[3], &[2]];
         let cells: Vec<_> = (0..6)
             .map(|seq| {
-                let (cell, jobs) = add(&mut st, &env, seq, ups[seq as usize]);
+                let (cell, jobs) = add(&mut st, &registry, seq, ups[seq as usize]);
                 assert!(jobs.is_empty());
                 cell
             })
@@ -793,21 +799,15 @@ mod tests {
     #[test]
     fn a_task_reached_twice_by_a_cascade_keeps_its_failure() {
         // 0 -> 1 -> 2 and 0 -> 2: task 2 is at distance 1 and 2.
-        let registry = Mutex::new(Registry::default());
-        let env = Env {
-            registry: &registry,
-        };
-        let fifo = SegQueue::new();
-        let mut st = State::new(Mode::Processing, 1);
-        st.fan_out = 1;
+        let (registry, fifo, mut st) = scene(1);
         for (seq, up) in [(0, &[][..]), (1, &[0]), (2, &[0, 1])] {
-            assert!(add(&mut st, &env, seq, up).1.is_empty());
+            assert!(add(&mut st, &registry, seq, up).1.is_empty());
         }
         let running = start(&mut st, &fifo).expect("the root is ready");
         assert_eq!(st.finish(&running, boom()).len(), 2);
         assert_eq!(st.out.len(), 3, "one event each");
         // Its event is pending: a task added after it fails with it.
-        let (late, jobs) = add(&mut st, &env, 3, &[2]);
+        let (late, jobs) = add(&mut st, &registry, 3, &[2]);
         assert_eq!(jobs.len(), 1);
         assert!(late.is_finished());
         assert!(st.pop_ready(&fifo).is_none(), "nothing runs");

@@ -19,7 +19,7 @@ pub(super) use crate::cell::never;
 
 /// A fast task's cell, claimed by a worker.
 fn claimed(seq: u64) -> Arc<TaskCell> {
-    let cell: Arc<TaskCell> = Arc::new(TaskCell::new(seq, 0, None, never(), None, None));
+    let cell = crate::cell::test_cell(seq);
     assert!(cell.claim());
     cell
 }
