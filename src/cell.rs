@@ -471,6 +471,19 @@ impl TaskCell {
             .is_ok()
     }
 
+    /// Claims a task taken from the locked ready queue, clearing its
+    /// `IN_READY` in the same step (scheduler lock held); `false` if it
+    /// cannot run, with `IN_READY` cleared all the same.
+    pub(crate) fn claim_from_ready(&self) -> bool {
+        let claimed = self
+            .update(|s| (s & (ENDED | CLAIMED | HELD) == 0).then_some((s | CLAIMED) & !IN_READY))
+            .is_ok();
+        if !claimed {
+            self.set_in_ready(false);
+        }
+        claimed
+    }
+
     /// Turns a claim into a hold: the group's limit keeps the task back
     /// (group invariant 3). Under the group's `held` lock.
     pub(crate) fn hold(&self) {
@@ -783,6 +796,23 @@ impl TaskCell {
         self.payload.lock().work = Payload::Done(outcome, order);
     }
 
+    /// Returns the kept outcome, stopped or not.
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        match &self.payload.lock().work {
+            Payload::Done(outcome, _) => Some(outcome.clone()),
+            _ => None,
+        }
+    }
+
+    /// Returns the kept outcome, for the event a subscription builds when
+    /// it delivers it; `None` once the task was stopped.
+    pub(crate) fn kept_outcome(&self) -> Option<Outcome> {
+        match &self.payload.lock().work {
+            Payload::Done(outcome, _) if !self.is_stopped() => Some(outcome.clone()),
+            _ => None,
+        }
+    }
+
     /// Drops a kept outcome (the task was stopped, or nobody will read it).
     pub(crate) fn clear_outcome(&self) {
         let mut slot = self.payload.lock();
@@ -855,6 +885,25 @@ mod tests {
         );
         assert!(!c.claim());
         assert!(c.take_job().is_some(), "the stopper drops the job");
+    }
+
+    #[test]
+    fn a_claim_from_the_ready_queue_clears_in_ready_whatever_it_finds() {
+        let c = cell();
+        c.set_in_ready(true);
+        assert!(
+            !c.claim(),
+            "a plain claim refuses a task the locked queue holds"
+        );
+        assert!(c.claim_from_ready());
+        assert!(!c.is_in_ready() && c.is_running());
+        assert!(!c.claim_from_ready(), "claimed once only");
+        let c = cell();
+        c.set_in_ready(true);
+        let _ = c.stop();
+        c.set_in_ready(true); // as if the stop had not cleared it
+        assert!(!c.claim_from_ready(), "a stopped task is never claimed");
+        assert!(!c.is_in_ready());
     }
 
     #[test]

@@ -88,13 +88,12 @@ use crate::builder::Builder;
 use crate::cell::{wake_all, FastEnd, Input, Outcome, TaskCell, Waiter};
 use crate::cell::{CellParts, Job, MakeCell};
 use crate::error::Error;
-use crate::event::Event;
 use crate::group::GroupTable;
 use crate::handle::TaskHandle;
 use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
-use crate::state::{self, terminal_event, Env, Ids, Linked, Mode, State, WorkerSlot};
+use crate::state::{self, Env, Ids, Linked, Mode, State, WorkerSlot};
 use crate::stats::{Stats, TaskState};
 use crate::subscription::{self, Emitter, Envelope, Subscription};
 use crate::sync::{
@@ -158,6 +157,9 @@ pub(crate) struct Garbage(Vec<Job>, Vec<Waiter>);
 
 impl Drop for Garbage {
     fn drop(&mut self) {
+        if self.0.is_empty() && self.1.is_empty() {
+            return; // the common case, on every release of the lock
+        }
         for job in self.0.drain(..) {
             unwind::contain(move || drop(job));
         }
@@ -344,6 +346,16 @@ impl Inbox {
     fn is_empty(&self) -> bool {
         self.len.load(Ordering::SeqCst) == 0
     }
+}
+
+/// A worker's next task, if any, and whether the `busy` count of the task
+/// it finished passes to it (see `Shared::run_task`).
+struct Next {
+    /// The claimed task.
+    task: Option<Arc<TaskCell>>,
+    /// `true` if this worker picked it under the finished task's count;
+    /// `false` if the dispatcher assigned it with a count of its own.
+    passes_busy: bool,
 }
 
 /// What all clones of a manager and its workers share.
@@ -648,7 +660,13 @@ impl Shared {
         fence(Ordering::SeqCst); // race 1
         self.drain_inbox(st);
         self.dispatch(st);
-        self.registry.lock().trim();
+    }
+
+    /// Takes dead cells out of the registry (registry lock only), for an
+    /// idle worker about to sleep to drop with no lock held: a burst of
+    /// tasks followed by silence does not keep their memory.
+    pub(crate) fn take_dead(&self) -> Vec<Arc<TaskCell>> {
+        self.registry.lock().take_dead()
     }
 
     /// Returns `true` if no task is running and none can start.
@@ -660,21 +678,18 @@ impl Shared {
                 || (self.fifo.is_empty() && st.queued == 0 && self.inbox.is_empty()))
     }
 
-    /// Takes the next task for a worker that just finished one, without
-    /// the lock when it can (module docs). Returns a claimed cell.
-    pub(crate) fn next_task(self: &Arc<Self>, busy: &AtomicUsize) -> Option<Arc<TaskCell>> {
+    /// Takes the next task for a worker that is finishing one, without
+    /// the lock when it can (module docs). Returns a claimed cell. The
+    /// worker's `busy` count, raised for the task it is finishing, covers
+    /// the pick, and passes to the picked task (race 2): see `run_task`.
+    pub(crate) fn next_task(self: &Arc<Self>) -> Option<Arc<TaskCell>> {
         if !self.processing.load(Ordering::SeqCst)
             || self.alive.load(Ordering::SeqCst) > self.max_threads.load(Ordering::SeqCst)
         {
             // Paused, or the pool shrank: go through `go_idle`.
             return None;
         }
-        busy.fetch_add(1, Ordering::SeqCst);
-        let picked = self.pick();
-        if picked.is_none() {
-            self.busy_done(busy);
-        }
-        picked
+        self.pick()
     }
 
     /// The pick of `next_task`.
@@ -754,6 +769,13 @@ impl Shared {
     /// must find this worker either busy with its next task or idle, never
     /// in between (SPEC 2: a task added while a worker is free starts at
     /// once, ahead of a better task added a moment later).
+    ///
+    /// The worker's `busy` count is 1 from the hand-out of `cell` (or the
+    /// pick that took it) until its events are queued. A next task this
+    /// worker picks itself is picked under that count, which then passes to
+    /// it without being lowered and raised again; a task the dispatcher
+    /// assigns while the worker goes idle comes with its own count, and the
+    /// finished task's count is then dropped once its events are queued.
     pub(crate) fn run_task(
         self: &Arc<Self>,
         cell: Arc<TaskCell>,
@@ -763,17 +785,21 @@ impl Shared {
         let Some(input) = cell.take_work() else {
             // Stopped between hand-out and start.
             self.release_group_slot(&cell);
-            let next = self.next_or_idle(w, busy);
-            self.busy_done(busy);
-            return next;
+            let next = self.next_or_idle(w);
+            if !next.passes_busy {
+                self.busy_done(busy);
+            }
+            return next.task;
         };
         let id = TaskId {
             seq: cell.seq,
             manager: self.manager_id,
         };
-        let ctx = TaskContext::new(id, Arc::clone(&cell), input);
         let span = TaskSpan::start(&cell);
-        let outcome = span.run(|| match cell.run_work(&ctx) {
+        // The context holds the worker's reference while the task runs and
+        // gives it back (no count changes on the cell's `Arc`).
+        let ctx = TaskContext::new(id, cell, input);
+        let outcome = span.run(|| match ctx.cell().run_work(&ctx) {
             Some(Ok(result)) => Outcome::Completed(result),
             Some(Err(failure)) => Outcome::Failed(Arc::new(failure)),
             // Cannot happen: this worker took the work (`take_work`).
@@ -782,69 +808,93 @@ impl Shared {
                 traceback: String::new(),
             })),
         });
-        drop(ctx);
+        let cell = ctx.into_cell();
         span.end(&outcome, cell.is_stopped());
-        let next = if cell.is_promoted() {
-            self.end_in_graph(&cell, outcome, Some((w, busy)))
+        let (next, cell) = if cell.is_promoted() {
+            let next = self.end_in_graph(&cell, outcome, Some(w));
+            (next, Some(cell))
         } else {
-            let next = self.next_or_idle(w, busy);
-            self.end_fast(&cell, outcome);
-            next
+            let next = self.next_or_idle(w);
+            (next, self.end_fast(cell, outcome))
         };
-        self.release_group_slot(&cell);
+        if let Some(cell) = cell {
+            self.release_group_slot(&cell);
+        }
         // After the events are queued: `wait_idle` must not see this worker
         // idle before its task's events can be received.
-        self.busy_done(busy);
-        next
+        if !next.passes_busy {
+            self.busy_done(busy);
+        }
+        next.task
     }
 
     /// Takes the worker's next task, or registers it idle (taking a task
     /// the dispatcher hands it while doing so).
-    fn next_or_idle(self: &Arc<Self>, w: usize, busy: &AtomicUsize) -> Option<Arc<TaskCell>> {
-        if let Some(next) = self.next_task(busy) {
-            return Some(next);
+    fn next_or_idle(self: &Arc<Self>, w: usize) -> Next {
+        if let Some(task) = self.next_task() {
+            return Next {
+                task: Some(task),
+                passes_busy: true,
+            };
         }
         let mut st = self.lock();
         self.go_idle(&mut st, w);
-        st.workers[w].assigned.take()
+        Next {
+            task: st.workers[w].assigned.take(),
+            passes_busy: false,
+        }
     }
 
     /// Ends a fast task with atomics and the emit lock; hands it to the
-    /// graph if it became an upstream while it ran.
-    fn end_fast(self: &Arc<Self>, cell: &Arc<TaskCell>, outcome: Outcome) {
+    /// graph if it became an upstream while it ran. Returns the cell unless
+    /// it went into the event queue (only a cell without a group does: the
+    /// caller needs nothing else from it).
+    fn end_fast(self: &Arc<Self>, cell: Arc<TaskCell>, outcome: Outcome) -> Option<Arc<TaskCell>> {
         let mut em = self.emitter.lock();
         let n = em.fan_out();
         // Before FINISHED is visible: handles, and a task added after this
         // one, read it (cell invariants 1 and 8, `State::insert`).
-        cell.keep_outcome(outcome.clone());
+        cell.keep_outcome(outcome);
         let (ended, wakes) = cell.end_fast(n);
         match ended {
             FastEnd::Finished => {
-                if n > 0 {
-                    let event = terminal_event(cell, &outcome, self.manager_id);
-                    em.emit(Envelope::terminal(event, cell));
-                }
-                if let Some(g) = &cell.group {
-                    if g.end_member() && n > 0 {
-                        em.emit(Envelope::group_finished(g.key.clone(), cell));
+                let kept = match &cell.group {
+                    Some(g) => {
+                        if n > 0 {
+                            em.emit(Envelope::terminal(Arc::clone(&cell)));
+                        }
+                        if g.end_member() && n > 0 {
+                            em.emit(Envelope::group_finished(&cell));
+                        }
+                        Some(cell)
                     }
-                }
+                    None if n > 0 => {
+                        em.emit(Envelope::terminal(cell));
+                        None
+                    }
+                    None => Some(cell),
+                };
                 let notifier = em.take_notify();
                 drop(em);
                 wake_all(wakes);
                 if let Some(n) = notifier {
                     unwind::contain(|| n());
                 }
+                kept
             }
             FastEnd::Stopped => {
                 drop(em);
                 cell.clear_outcome();
+                Some(cell)
             }
             FastEnd::Promoted => {
                 drop(em);
-                // Became an upstream while running: end it in the graph.
-                let next = self.end_in_graph(cell, outcome, None);
-                debug_assert!(next.is_none());
+                // Became an upstream while running: end it in the graph,
+                // with the outcome it kept.
+                let outcome = cell.outcome().expect("kept above; only a stop clears it");
+                let next = self.end_in_graph(&cell, outcome, None);
+                debug_assert!(next.task.is_none());
+                Some(cell)
             }
         }
     }
@@ -857,22 +907,25 @@ impl Shared {
         self: &Arc<Self>,
         cell: &Arc<TaskCell>,
         outcome: Outcome,
-        worker: Option<(usize, &AtomicUsize)>,
-    ) -> Option<Arc<TaskCell>> {
+        worker: Option<usize>,
+    ) -> Next {
         let mut st = self.lock();
         st.hold_emit();
         let jobs = st.finish(cell, outcome);
         st.discard(jobs);
-        let mut next = None;
-        if let Some((w, busy)) = worker {
+        let mut next = Next {
+            task: None,
+            passes_busy: false,
+        };
+        if let Some(w) = worker {
             if st.mode == Mode::Processing {
-                next = st.pop_ready(&self.fifo);
+                next.task = st.pop_ready(&self.fifo);
             }
-            if next.is_some() {
-                busy.fetch_add(1, Ordering::SeqCst);
+            if next.task.is_some() {
+                next.passes_busy = true; // picked by this worker (see `run_task`)
             } else {
                 self.go_idle(&mut st, w);
-                next = st.workers[w].assigned.take();
+                next.task = st.workers[w].assigned.take();
             }
         }
         self.dispatch(&mut st);
@@ -893,22 +946,9 @@ impl Shared {
     }
 
     /// Queues progress markers for a running task (see `Event::Progress`).
-    pub(crate) fn report_progress(
-        &self,
-        cell: &Arc<TaskCell>,
-        id: TaskId,
-        fraction: f32,
-        message: String,
-    ) {
-        let group = cell.group.as_ref().map(|g| g.key.clone());
-        let template = Event::Progress {
-            id,
-            group,
-            fraction,
-            message: String::new(),
-        };
+    pub(crate) fn report_progress(&self, cell: &Arc<TaskCell>, fraction: f32, message: String) {
         let mut em = self.emitter.lock();
-        em.progress(cell, template, fraction, message);
+        em.progress(cell, fraction, message);
         let notifier = em.take_notify();
         drop(em);
         if let Some(n) = notifier {
@@ -1022,7 +1062,7 @@ impl TaskManager {
         };
         let manager_id = NEXT_MANAGER.fetch_add(1, Ordering::Relaxed);
         let shared = Shared {
-            state: Mutex::new(State::new(mode, manager_id)),
+            state: Mutex::new(State::new(mode)),
             fifo: SegQueue::new(),
             inbox: Inbox::default(),
             registry: Mutex::new(Registry::default()),
@@ -1505,7 +1545,8 @@ impl TaskManager {
     /// After shut-down the subscription is disconnected at once.
     pub fn subscribe(&self) -> Subscription {
         let shared = self.shared();
-        let (sender, subscription) = subscription::pair(Arc::clone(&shared.closed));
+        let (sender, subscription) =
+            subscription::pair(Arc::clone(&shared.closed), shared.manager_id);
         let mut st = shared.lock();
         if st.mode != Mode::ShutDown {
             let mut em = shared.emitter.lock();

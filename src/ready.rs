@@ -6,9 +6,11 @@
 //! ready in increasing id order, so a `VecDeque` takes them in O(1). A task
 //! that becomes ready out of order (released by its upstream after later
 //! tasks were queued) goes to a min-heap of the same level instead; popping
-//! takes the smaller id of the two heads. Levels live in a `BTreeMap` keyed
-//! by priority, so finding the best level is O(log p) in the number of
-//! distinct priorities in use.
+//! takes the smaller id of the two heads. Levels of priorities from -128 to
+//! 127 sit in a table indexed by priority, with a bitmap of the non-empty
+//! ones, so queueing and finding the best level are O(1); levels of other
+//! priorities live in a `BTreeMap` keyed by priority (O(log p) in the
+//! number of such priorities in use).
 //!
 //! Removal is lazy: a stopped task stays as a stale entry and is skipped
 //! when it reaches the head (the caller's `take` check fails), so a stop is
@@ -81,28 +83,97 @@ impl Level {
     }
 }
 
+/// The priorities with a level in the dense table: those of most
+/// applications (a UI's "background", "normal", "urgent" and the like).
+const DENSE: std::ops::RangeInclusive<i32> = -128..=127;
+
+/// Number of levels in the dense table.
+const DENSE_LEN: usize = 256;
+
+/// Where a level lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    /// In the dense table, at this index.
+    Dense(usize),
+    /// In the sparse map, at this priority.
+    Sparse(i32),
+}
+
 /// Ready tasks ordered by (priority descending, id ascending).
+///
+/// Priorities in [`DENSE`] have a level each in a table, found through a
+/// bitmap of the non-empty ones: queueing is an index, finding the best
+/// level a leading-zero count over four words. Other priorities keep their
+/// non-empty levels in a `BTreeMap` (O(log p)).
 #[derive(Debug, Default)]
 pub(crate) struct ReadyQueue {
-    /// Priority 0, the default: kept even when empty, so a chain of tasks
-    /// that each become ready alone does not allocate a level per task.
-    zero: Level,
-    /// Non-empty levels of other priorities, best (highest) first.
-    levels: BTreeMap<Reverse<i32>, Level>,
+    /// Levels of the priorities in [`DENSE`], at `priority + 128`; empty
+    /// until the first push (a manager that never queues here pays nothing).
+    dense: Vec<Level>,
+    /// Bit `i` is set iff `dense[i]` holds entries (live or stale).
+    bits: [u64; DENSE_LEN / 64],
+    /// Non-empty levels of the other priorities, best (highest) first.
+    sparse: BTreeMap<Reverse<i32>, Level>,
 }
 
 impl ReadyQueue {
-    /// Queues `cell` at `priority`. O(log p); O(1) when ids arrive in order.
+    /// Queues `cell` at `priority`: O(1) for a priority in [`DENSE`], else
+    /// O(log p); a task that arrives out of id order costs O(log n) more.
     pub(crate) fn push(&mut self, priority: i32, cell: Arc<TaskCell>) {
-        let level = if priority == 0 {
-            &mut self.zero
+        let level = if DENSE.contains(&priority) {
+            if self.dense.is_empty() {
+                self.dense.resize_with(DENSE_LEN, Level::default);
+            }
+            let i = dense_index(priority);
+            self.bits[i / 64] |= 1 << (i % 64);
+            &mut self.dense[i]
         } else {
-            self.levels.entry(Reverse(priority)).or_default()
+            self.sparse.entry(Reverse(priority)).or_default()
         };
         match level.fifo.back() {
             Some(back) if cell.seq < back.seq => level.late.push(Reverse(BySeq(cell))),
             _ => level.fifo.push_back(cell),
         }
+    }
+
+    /// Returns the best non-empty level and its priority.
+    fn best(&self) -> Option<(At, i32)> {
+        let sparse = self.sparse.first_key_value().map(|(Reverse(p), _)| *p);
+        if let Some(p) = sparse.filter(|p| p > DENSE.end()) {
+            return Some((At::Sparse(p), p));
+        }
+        let dense = (0..self.bits.len()).rev().find_map(|w| {
+            let word = self.bits[w];
+            (word != 0).then(|| w * 64 + 63 - word.leading_zeros() as usize)
+        });
+        match dense {
+            Some(i) => Some((At::Dense(i), i as i32 + DENSE.start())),
+            None => sparse.map(|p| (At::Sparse(p), p)),
+        }
+    }
+
+    /// The level at `at`, which is non-empty.
+    fn level(&mut self, at: At) -> &mut Level {
+        match at {
+            At::Dense(i) => &mut self.dense[i],
+            At::Sparse(p) => self.sparse.get_mut(&Reverse(p)).expect("a non-empty level"),
+        }
+    }
+
+    /// Pops the smallest id of the level at `at` (non-empty), forgetting
+    /// the level if that emptied it.
+    fn pop_at(&mut self, at: At) -> Option<Arc<TaskCell>> {
+        let level = self.level(at);
+        let popped = level.pop();
+        if level.is_empty() {
+            match at {
+                At::Dense(i) => self.bits[i / 64] &= !(1 << (i % 64)),
+                At::Sparse(p) => {
+                    self.sparse.remove(&Reverse(p));
+                }
+            }
+        }
+        popped
     }
 
     /// Pops the best entry for which `take(cell, priority it was queued at)`
@@ -112,19 +183,8 @@ impl ReadyQueue {
         mut take: impl FnMut(&TaskCell, i32) -> bool,
     ) -> Option<Arc<TaskCell>> {
         loop {
-            let best = self.levels.first_key_value().map(|(Reverse(p), _)| *p);
-            let (popped, priority) = match best {
-                Some(p) if p > 0 || self.zero.is_empty() => {
-                    let mut entry = self.levels.first_entry().expect("non-empty");
-                    let popped = entry.get_mut().pop();
-                    if entry.get().is_empty() {
-                        entry.remove();
-                    }
-                    (popped, p)
-                }
-                _ => (Some(self.zero.pop()?), 0),
-            };
-            if let Some(cell) = popped {
+            let (at, priority) = self.best()?;
+            if let Some(cell) = self.pop_at(at) {
                 if take(&cell, priority) {
                     return Some(cell);
                 }
@@ -136,45 +196,29 @@ impl ReadyQueue {
     /// (`is_live(cell, priority it was queued at)`) or the queue is empty,
     /// so that [`best_priority`](Self::best_priority) names a live entry.
     pub(crate) fn drop_stale(&mut self, mut is_live: impl FnMut(&TaskCell, i32) -> bool) {
-        loop {
-            let best = self.levels.first_key_value().map(|(Reverse(p), _)| *p);
-            match best {
-                Some(p) if p > 0 || self.zero.is_empty() => {
-                    let mut entry = self.levels.first_entry().expect("non-empty");
-                    let head = entry.get().peek().expect("levels in the map are non-empty");
-                    if is_live(head, p) {
-                        return;
-                    }
-                    entry.get_mut().pop();
-                    if entry.get().is_empty() {
-                        entry.remove();
-                    }
-                }
-                _ => match self.zero.peek() {
-                    Some(head) if !is_live(head, 0) => {
-                        self.zero.pop();
-                    }
-                    _ => return,
-                },
+        while let Some((at, priority)) = self.best() {
+            let head = self.level(at).peek().expect("levels in use are non-empty");
+            if is_live(head, priority) {
+                return;
             }
+            self.pop_at(at);
         }
     }
 
     /// Returns the highest priority with an entry (live or stale).
     pub(crate) fn best_priority(&self) -> Option<i32> {
-        let other = self.levels.first_key_value().map(|(Reverse(p), _)| *p);
-        match other {
-            Some(p) if p > 0 || self.zero.is_empty() => Some(p),
-            _ if !self.zero.is_empty() => Some(0),
-            _ => None,
-        }
+        self.best().map(|(_, p)| p)
     }
 
     /// Drops every entry.
     pub(crate) fn clear(&mut self) {
-        self.zero = Level::default();
-        self.levels.clear();
+        *self = ReadyQueue::default();
     }
+}
+
+/// The index of `priority` (in [`DENSE`]) in the dense table.
+fn dense_index(priority: i32) -> usize {
+    (priority - DENSE.start()) as usize
 }
 
 #[cfg(test)]
@@ -234,6 +278,83 @@ mod tests {
         assert_eq!(q.pop(|c, _| c.seq != 1).map(|c| c.seq), Some(3));
         assert_eq!(q.pop(|c, _| c.seq != 5).map(|c| c.seq), Some(0));
         assert_eq!(drain(&mut q), vec![2, 4]);
-        assert!(q.levels.is_empty() && q.zero.is_empty());
+        assert!(q.best().is_none() && q.sparse.is_empty());
+    }
+
+    #[test]
+    fn dense_and_sparse_priorities_interleave_in_order() {
+        let mut q = ReadyQueue::default();
+        let priorities = [
+            0,
+            127,
+            128,
+            -128,
+            -129,
+            i32::MAX,
+            i32::MIN,
+            1,
+            -1,
+            128,
+            -129,
+            127,
+        ];
+        for (seq, &p) in priorities.iter().enumerate() {
+            q.push(p, cell(seq as u64));
+        }
+        assert_eq!(q.best_priority(), Some(i32::MAX));
+        assert_eq!(drain(&mut q), vec![5, 2, 9, 1, 11, 7, 0, 8, 3, 4, 10, 6]);
+        assert_eq!(q.best_priority(), None);
+        // Reusable after emptying, and `clear` forgets everything.
+        q.push(-129, cell(20));
+        q.push(3, cell(21));
+        assert_eq!(q.best_priority(), Some(3));
+        q.clear();
+        assert_eq!(q.best_priority(), None);
+        assert!(q.pop(|_, _| true).is_none());
+    }
+
+    proptest::proptest! {
+        /// Against a sorted list: any priorities, ids out of order, and
+        /// entries that cannot be taken, popped interleaved with pushes.
+        #[test]
+        fn pops_in_priority_then_id_order(
+            ops in proptest::collection::vec(
+                (proptest::prop_oneof![-3..3i32, -200..200i32, proptest::num::i32::ANY],
+                 0..64u64, proptest::bool::ANY, 0..4u8),
+                0..200,
+            )
+        ) {
+            let mut q = ReadyQueue::default();
+            let mut model: Vec<(i32, u64, bool)> = Vec::new();
+            let mut next = 1000u64;
+            for (priority, jitter, live, action) in ops {
+                if action == 0 {
+                    // (priority, id, live) queued, `live` decides `take`.
+                    let popped = q.pop(|c, p| {
+                        let entry = model.iter().find(|e| e.1 == c.seq).expect("queued");
+                        assert_eq!(entry.0, p, "popped at another priority");
+                        entry.2
+                    });
+                    model.sort_by_key(|&(p, seq, _)| (Reverse(p), seq));
+                    let expected = model.iter().position(|e| e.2);
+                    let want = expected.map(|i| model[i].1);
+                    proptest::prop_assert_eq!(popped.map(|c| c.seq), want);
+                    // Everything ahead of the taken entry was discarded.
+                    let cut = expected.map_or(model.len(), |i| i + 1);
+                    model.drain(..cut);
+                } else {
+                    let seq = next + jitter;
+                    next += 64;
+                    let seq = if jitter % 5 == 0 { seq - 500 } else { seq };
+                    if model.iter().any(|e| e.1 == seq) {
+                        continue;
+                    }
+                    q.push(priority, cell(seq));
+                    model.push((priority, seq, live));
+                }
+                let best = model.iter().map(|e| e.0).max();
+                proptest::prop_assert_eq!(q.best_priority(), best);
+            }
+        }
     }
 }

@@ -7,8 +7,9 @@
 //! 1. `cells` is sorted by sequence number: entries are pushed under this
 //!    lock with sequence numbers allocated under it.
 //! 2. Every task that is live to the owner is in `cells`. Dead ones
-//!    leave from the front when pushing, and from anywhere when the deque
-//!    has doubled since the last compaction (amortised O(1) per task).
+//!    leave from the front when pushing and when a worker is about to
+//!    sleep (`take_dead`), and from anywhere when the deque has doubled
+//!    since the last compaction (amortised O(1) per task).
 
 use std::collections::VecDeque;
 
@@ -34,6 +35,17 @@ impl Registry {
             self.cells.retain(|c| !c.is_dead());
             self.compacted = self.cells.len();
         }
+    }
+
+    /// Takes the dead cells off the front, for a worker about to sleep to
+    /// drop once it holds no lock (dropping a cell frees its node, result
+    /// and memory, too slow for a critical section).
+    pub(crate) fn take_dead(&mut self) -> Vec<Arc<TaskCell>> {
+        let mut dead = Vec::new();
+        while self.cells.front().is_some_and(|c| c.is_dead()) {
+            dead.extend(self.cells.pop_front());
+        }
+        dead
     }
 
     /// Drops dead cells from the front.

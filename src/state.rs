@@ -103,7 +103,7 @@ impl Outgoing {
         }
         if let Some(g) = &self.cell.group {
             if g.end_member() && em.fan_out() > 0 {
-                em.emit(Envelope::group_finished(g.key.clone(), &self.cell));
+                em.emit(Envelope::group_finished(&self.cell));
             }
         }
     }
@@ -143,8 +143,6 @@ pub(crate) struct State {
     pub(crate) alive: usize,
     /// Join handles of worker threads not yet joined.
     pub(crate) handles: Vec<std::thread::JoinHandle<()>>,
-    /// The manager's id, part of every `TaskId`.
-    manager: u64,
     /// How many subscriptions each event goes to (emitter invariant 1).
     pub(crate) fan_out: usize,
     /// Waiters of tasks that ended in this critical section, woken after
@@ -159,7 +157,7 @@ pub(crate) struct State {
 
 impl State {
     /// Creates the state of a new manager.
-    pub(crate) fn new(mode: Mode, manager: u64) -> Self {
+    pub(crate) fn new(mode: Mode) -> Self {
         State {
             mode,
             ready: crate::ready::ReadyQueue::default(),
@@ -168,7 +166,6 @@ impl State {
             idle: Vec::new(),
             alive: 0,
             handles: Vec::new(),
-            manager,
             fan_out: 0,
             out: Outs::new(),
             wakes: Vec::new(),
@@ -211,11 +208,10 @@ impl State {
                 }
             }
             let cell = self.ready.pop(is_live_entry)?;
-            cell.set_in_ready(false);
             self.queued -= 1;
             // In the queue and not stopped (stops clear IN_READY under this
             // lock); a member of a group at its limit is held instead.
-            if cell.claim() && cell.group.as_ref().is_none_or(|g| g.admit(&cell)) {
+            if cell.claim_from_ready() && cell.group.as_ref().is_none_or(|g| g.admit(&cell)) {
                 return Some(cell);
             }
         }
@@ -437,8 +433,7 @@ impl State {
         // The group's count is lowered when the event is queued, under the
         // emit lock, as on the fast path (group invariant 1): so a
         // `GroupFinished` never overtakes a member's event.
-        let event =
-            (n > 0).then(|| Envelope::terminal(terminal_event(cell, outcome, self.manager), cell));
+        let event = (n > 0).then(|| Envelope::terminal(Arc::clone(cell)));
         self.out.push(Outgoing {
             event,
             cell: Arc::clone(cell),
@@ -558,13 +553,16 @@ pub(crate) enum Linked {
 /// one that [`link`] holds until it has seen every upstream (state
 /// invariant 2), so that no upstream ending meanwhile releases it early.
 pub(crate) fn new_node(kwargs: Kwargs, upstream: &Ids) -> Box<Node> {
+    // Every field spelled out: `..Node::default()` would build a default
+    // `Input` and drop it again.
     Box::new(Node {
         waiting_on: upstream.len() as u32 + 1,
+        upstream: SmallVec::new(),
+        downstream: SmallVec::new(),
         input: Input {
             kwargs,
             upstream: SmallVec::new(),
         },
-        ..Node::default()
     })
 }
 
@@ -693,7 +691,7 @@ mod tests {
     /// A registry, a FIFO and a processing scheduler state whose events go
     /// to `fan_out` subscriptions.
     fn scene(fan_out: usize) -> (Mutex<Registry>, SegQueue<Arc<TaskCell>>, State) {
-        let mut st = State::new(Mode::Processing, 1);
+        let mut st = State::new(Mode::Processing);
         st.fan_out = fan_out;
         (Mutex::new(Registry::default()), SegQueue::new(), st)
     }

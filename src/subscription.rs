@@ -26,26 +26,33 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError as CbTryRecvError};
 
 use crate::cell::TaskCell;
 use crate::event::Event;
-use crate::id::Group;
+use crate::id::TaskId;
 use crate::sync::{Arc, AtomicBool, Ordering};
 use crate::task::Notifier;
 
-/// What an envelope holds, and how it settles with its cell.
+/// What an envelope stands for, and how it settles with its cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// A `Completed`/`Failed`, counted in the cell's pending count.
     Terminal,
     /// A `GroupFinished`: delivered unless its cell's task was stopped.
     GroupFinished,
-    /// A progress marker for one subscription (its id): delivers the task's
-    /// latest progress when opened (coalescing), unless the task was stopped.
-    Progress(u64),
+    /// A progress marker for the subscription that holds it: delivers the
+    /// task's latest progress when opened (coalescing), unless the task was
+    /// stopped.
+    Progress,
 }
 
-/// One queued event and the task cell that decides whether it may be delivered.
+/// One queued event, as the task cell it is about and its kind: 16 bytes.
+///
+/// The [`Event`] itself is built by the receiver when it opens the
+/// envelope, from what the cell keeps: a terminal event from the kept
+/// outcome (`Payload::Done`, kept until the task is stopped), a group's
+/// from the cell's group, progress from the cell's latest report. So the
+/// worker that ends a task writes 16 bytes into each queue instead of an
+/// 88-byte event, and the queue's memory that travels from the worker's
+/// core to the owner's is a fifth of what it was.
 pub(crate) struct Envelope {
-    /// The event (for progress, a template filled in when opened).
-    event: Option<Event>,
     /// The task the event is about (for `GroupFinished`, the task whose end
     /// finished the group).
     gate: Arc<TaskCell>,
@@ -56,35 +63,34 @@ pub(crate) struct Envelope {
 }
 
 impl Envelope {
-    /// Wraps a task's `Completed`/`Failed`, whose copies the caller counted
-    /// in the cell (one per subscriber: `Emitter::fan_out`).
-    pub(crate) fn terminal(event: Event, cell: &Arc<TaskCell>) -> Self {
+    /// Stands for a task's `Completed`/`Failed`, whose copies the caller
+    /// counted in the cell (one per subscriber: `Emitter::fan_out`); the
+    /// cell must keep its outcome (`TaskCell::keep_outcome`) first.
+    pub(crate) fn terminal(cell: Arc<TaskCell>) -> Self {
         Envelope {
-            event: Some(event),
-            gate: Arc::clone(cell),
+            gate: cell,
             kind: Kind::Terminal,
             settled: false,
         }
     }
 
-    /// Wraps the `GroupFinished` for `group` caused by the end of `cell`'s task.
-    pub(crate) fn group_finished(group: Group, cell: &Arc<TaskCell>) -> Self {
-        let event = Event::GroupFinished { group };
+    /// Stands for the `GroupFinished` of `cell`'s group, caused by the end
+    /// of `cell`'s task.
+    pub(crate) fn group_finished(cell: &Arc<TaskCell>) -> Self {
+        debug_assert!(cell.group.is_some(), "a group event of a task in no group");
         Envelope {
-            event: Some(event),
             gate: Arc::clone(cell),
             kind: Kind::GroupFinished,
             settled: false,
         }
     }
 
-    /// A progress marker of `cell`'s task for subscription `sub`, recorded
-    /// in the cell's slot (`TaskCell::queue_progress`).
-    fn progress(template: Event, cell: &Arc<TaskCell>, sub: u64) -> Self {
+    /// A progress marker of `cell`'s task, recorded in the cell's slot for
+    /// the subscription it is sent to (`TaskCell::queue_progress`).
+    fn progress(cell: &Arc<TaskCell>) -> Self {
         Envelope {
-            event: Some(template),
             gate: Arc::clone(cell),
-            kind: Kind::Progress(sub),
+            kind: Kind::Progress,
             settled: false,
         }
     }
@@ -92,47 +98,59 @@ impl Envelope {
     /// Returns a copy for another queue (the caller counted every copy).
     fn duplicate(&self) -> Self {
         Envelope {
-            event: self.event.clone(),
             gate: Arc::clone(&self.gate),
             kind: self.kind,
             settled: false,
         }
     }
 
-    /// Tells the cell this copy is delivered or discarded; `true` if it may
-    /// be delivered.
+    /// Tells the cell this copy is delivered or discarded (once); `true`
+    /// if it may be delivered. Progress markers settle when opened.
     fn settle(&mut self) -> bool {
         if std::mem::replace(&mut self.settled, true) {
             return false;
         }
         match self.kind {
             Kind::Terminal => self.gate.settle(),
-            Kind::GroupFinished => !self.gate.is_stopped(),
-            Kind::Progress(sub) => {
-                let latest = self.gate.settle_progress(sub);
-                match (&mut self.event, latest) {
-                    (
-                        Some(Event::Progress {
-                            fraction, message, ..
-                        }),
-                        Some((f, m)),
-                    ) => {
-                        *fraction = f;
-                        *message = m;
-                        true
-                    }
-                    _ => false,
-                }
-            }
+            Kind::GroupFinished | Kind::Progress => !self.gate.is_stopped(),
         }
     }
 
-    /// Takes the event out if it may still be delivered, settling the cell.
-    fn open(mut self) -> Option<Event> {
-        if self.settle() {
-            self.event.take()
-        } else {
-            None
+    /// Builds the event if it may still be delivered, settling the cell;
+    /// `sub` is the subscription that received it.
+    fn open(mut self, sub: &Subscription) -> Option<Event> {
+        let group = |cell: &TaskCell| cell.group.as_ref().map(|g| g.key.clone());
+        match self.kind {
+            Kind::Terminal => {
+                if !self.settle() {
+                    return None;
+                }
+                // `None` only if a stop came after the settle: the stop
+                // cleared the outcome, and the event is dropped as if the
+                // stop had come first (cell invariant 3).
+                let outcome = self.gate.kept_outcome()?;
+                Some(crate::state::terminal_event(
+                    &self.gate,
+                    &outcome,
+                    sub.manager,
+                ))
+            }
+            Kind::GroupFinished => self.settle().then(|| Event::GroupFinished {
+                group: group(&self.gate).expect("a group event's task is in the group"),
+            }),
+            Kind::Progress => {
+                self.settled = true;
+                let (fraction, message) = self.gate.settle_progress(sub.id)?;
+                Some(Event::Progress {
+                    id: TaskId {
+                        seq: self.gate.seq,
+                        manager: sub.manager,
+                    },
+                    group: group(&self.gate),
+                    fraction,
+                    message,
+                })
+            }
         }
     }
 }
@@ -150,7 +168,7 @@ impl Drop for Envelope {
 pub(crate) struct Subscriber {
     /// Where events go.
     tx: Sender<Envelope>,
-    /// Identifies the subscription in progress bookkeeping; set by `subscribe`.
+    /// Identifies the subscription in progress bookkeeping (process-unique).
     id: u64,
     /// A send failed: the subscription was dropped (emitter invariant 1).
     gone: bool,
@@ -194,8 +212,6 @@ pub(crate) struct Emitter {
     pub(crate) notifier: Option<Notifier>,
     /// An event landed in an empty queue since the notifier was last taken.
     notify_due: bool,
-    /// The last subscription id handed out.
-    next_id: u64,
     /// Ends decided under the scheduler lock, moved here under both locks
     /// and announced after the scheduler lock is released (`Announce` in
     /// `manager.rs`); empty otherwise. Kept here so its capacity is reused.
@@ -239,16 +255,10 @@ impl Emitter {
     /// Queues progress markers of `cell`'s task in the subscriptions that
     /// hold none (each holds at most one per task; it delivers the latest
     /// report when opened).
-    pub(crate) fn progress(
-        &mut self,
-        cell: &Arc<TaskCell>,
-        template: Event,
-        fraction: f32,
-        message: String,
-    ) {
+    pub(crate) fn progress(&mut self, cell: &Arc<TaskCell>, fraction: f32, message: String) {
         let need = cell.queue_progress(fraction, message, self.subscribers.iter().map(|s| s.id));
         for sub in self.subscribers.iter_mut().filter(|s| need.contains(&s.id)) {
-            match sub.send(Envelope::progress(template.clone(), cell, sub.id)) {
+            match sub.send(Envelope::progress(cell)) {
                 Ok(true) => self.notify_due = true,
                 Ok(false) => {}
                 Err(()) => sub.gone = true,
@@ -257,9 +267,7 @@ impl Emitter {
     }
 
     /// Adds a subscription (scheduler lock held: invariant 1).
-    pub(crate) fn subscribe(&mut self, mut sub: Subscriber) {
-        self.next_id += 1;
-        sub.id = self.next_id;
+    pub(crate) fn subscribe(&mut self, sub: Subscriber) {
         self.prune();
         self.subscribers.push(sub);
     }
@@ -286,18 +294,27 @@ impl Emitter {
 }
 
 /// Creates a connected subscriber / subscription pair. `closed` is the
-/// manager's shut-down flag.
-pub(crate) fn pair(closed: Arc<AtomicBool>) -> (Subscriber, Subscription) {
+/// manager's shut-down flag, `manager` its id (part of every `TaskId`).
+pub(crate) fn pair(closed: Arc<AtomicBool>, manager: u64) -> (Subscriber, Subscription) {
+    // Process-wide, so an id is never reused, not even by another manager.
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (tx, rx) = crossbeam_channel::unbounded();
     let armed = Arc::new(AtomicBool::new(true));
     (
         Subscriber {
             tx,
-            id: 0,
+            id,
             gone: false,
             armed: Arc::clone(&armed),
         },
-        Subscription { rx, armed, closed },
+        Subscription {
+            rx,
+            armed,
+            closed,
+            manager,
+            id,
+        },
     )
 }
 
@@ -333,6 +350,10 @@ pub struct Subscription {
     armed: Arc<AtomicBool>,
     /// The manager's shut-down flag: once set, nothing is delivered.
     closed: Arc<AtomicBool>,
+    /// The manager's id, for the `TaskId`s of the events built here.
+    manager: u64,
+    /// This subscription's id in the cells' progress bookkeeping.
+    id: u64,
 }
 
 impl fmt::Debug for Subscription {
@@ -341,6 +362,8 @@ impl fmt::Debug for Subscription {
             rx,
             armed: _,
             closed,
+            manager: _,
+            id: _,
         } = self;
         f.debug_struct("Subscription")
             .field("queued", &rx.len())
@@ -396,7 +419,7 @@ impl Subscription {
             }
             match self.rx.try_recv() {
                 Ok(env) => {
-                    if let Some(event) = env.open() {
+                    if let Some(event) = env.open(self) {
                         return Ok(event);
                     }
                 }
@@ -425,7 +448,7 @@ impl Subscription {
             if self.is_closed() {
                 return Err(RecvError);
             }
-            if let Some(event) = env.open() {
+            if let Some(event) = env.open(self) {
                 return Ok(event);
             }
         }
@@ -456,7 +479,7 @@ impl Subscription {
             if self.is_closed() {
                 return Err(RecvTimeoutError::Disconnected);
             }
-            if let Some(event) = env.open() {
+            if let Some(event) = env.open(self) {
                 return Ok(event);
             }
         }

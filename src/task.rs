@@ -84,6 +84,16 @@ impl TaskContext {
         }
     }
 
+    /// The task's cell.
+    pub(crate) fn cell(&self) -> &Arc<TaskCell> {
+        &self.cell
+    }
+
+    /// Gives back the cell the worker lent to the context.
+    pub(crate) fn into_cell(self) -> Arc<TaskCell> {
+        self.cell
+    }
+
     /// Returns the task's id.
     pub fn id(&self) -> TaskId {
         self.id
@@ -153,7 +163,7 @@ impl TaskContext {
             fraction.clamp(0.0, 1.0)
         };
         crate::worker::with_current(|shared| {
-            shared.report_progress(&self.cell, self.id, fraction, message.into())
+            shared.report_progress(&self.cell, fraction, message.into())
         });
     }
 

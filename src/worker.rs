@@ -69,6 +69,11 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
                 lingered = true;
                 drop(st);
                 linger(&busy);
+                // Still idle: free the memory of tasks that are done with,
+                // before sleeping and outside every lock.
+                if busy.load(Ordering::Acquire) == 0 {
+                    drop(shared.take_dead());
+                }
                 st = shared.lock();
                 continue;
             }

@@ -24,10 +24,10 @@ fn manager(threads: usize, processing: bool) -> TaskManager {
 }
 
 /// The next event, or a panic naming the hang.
-fn next_event(events: &Subscription, what: &str) -> Event {
+fn next_event(events: &Subscription, what: impl FnOnce() -> String) -> Event {
     match events.recv_timeout(HANG) {
         Ok(event) => event,
-        Err(err) => panic!("{WHO}: {what}: no event within {HANG:?}: {err}"),
+        Err(err) => panic!("{WHO}: {}: no event within {HANG:?}: {err}", what()),
     }
 }
 
@@ -35,7 +35,7 @@ fn next_event(events: &Subscription, what: &str) -> Event {
 /// the workloads return their number as a `u32`.
 fn drain(events: &Subscription, tally: &mut Tally) {
     while !tally.is_complete() {
-        match next_event(events, &format!("{} outcomes received", tally.count())) {
+        match next_event(events, || format!("{} outcomes received", tally.count())) {
             Event::Completed { result, .. } => {
                 if let Some(&i) = result.downcast_ref::<u32>() {
                     tally.record(i);
@@ -251,7 +251,7 @@ pub(crate) fn latency(samples: usize, warm_up: usize) -> Latencies {
             })
             .expect("add a task");
         let (started, finished) = loop {
-            match next_event(&events, "latency task") {
+            match next_event(&events, || "latency task".into()) {
                 Event::Completed { result, .. } => {
                     break *result
                         .downcast_ref::<(Instant, Instant)>()
@@ -284,7 +284,7 @@ pub(crate) fn idle(workers: usize, window: Duration) -> f64 {
     }
     let mut met = 0;
     while met < workers {
-        if let Event::Completed { result, .. } = next_event(&events, "idle warm-up") {
+        if let Event::Completed { result, .. } = next_event(&events, || "idle warm-up".into()) {
             assert_eq!(
                 result.downcast_ref::<bool>(),
                 Some(&true),

@@ -50,17 +50,26 @@ fn loom_finish_vs_stop() {
 }
 
 /// The owner's subscription delivers a finished task's event while another
-/// thread stops the task: delivered and stopped exclude each other.
+/// thread stops the task: delivered and stopped exclude each other. The
+/// subscription builds the event from the kept outcome after settling (as
+/// `Envelope::open` does), and the stop clears that outcome after it finds
+/// the task finished (as `State::stop` does).
 #[test]
 fn loom_stop_vs_drain() {
     loom::model(|| {
         let cell = claimed(1);
+        cell.keep_outcome(crate::cell::Outcome::Completed(
+            crate::result::TaskResult::new(7u32),
+        ));
         assert_eq!(cell.end_fast(1).0, FastEnd::Finished);
         let drain = {
             let cell = Arc::clone(&cell);
-            thread::spawn(move || cell.settle())
+            thread::spawn(move || cell.settle() && cell.kept_outcome().is_some())
         };
         let (stop, _) = cell.stop();
+        if stop == StopFound::Finished {
+            cell.clear_outcome();
+        }
         let delivered = drain.join().unwrap();
         match stop {
             StopFound::Finished => assert!(!delivered, "stopped, yet delivered"),

@@ -19,7 +19,7 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
     loom::model(|| {
         let registry = Mutex::new(Registry::default());
         let fifo = crossbeam_queue::SegQueue::new();
-        let state = Arc::new(Mutex::new(State::new(Mode::Processing, 1)));
+        let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
         let (u0, u1, d) = {
             let mut st = state.lock();
             st.fan_out = 1; // one subscriber
@@ -87,7 +87,7 @@ fn loom_link_vs_upstream_end() {
     loom::model(|| {
         let registry = Arc::new(Mutex::new(Registry::default()));
         let fifo = crossbeam_queue::SegQueue::new();
-        let state = Arc::new(Mutex::new(State::new(Mode::Processing, 1)));
+        let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
         let up = {
             let mut st = state.lock();
             st.fan_out = 1; // one subscriber: the upstream stays live until delivered
