@@ -47,7 +47,11 @@
 //!    moves the slot out of `Payload::Pending`: the worker that runs it
 //!    (`take_work`, then `run_work`), or whoever ends the task before it
 //!    started, as a [`Job`] (`take_job`, `end_linked`) whose drop discards
-//!    the closure once every lock is released.
+//!    the closure once every lock is released. Once a worker claimed the
+//!    task, nobody else moves the slot (stops leave a claimed task's work
+//!    to its worker), so a worker skips `take_work` for a task without
+//!    input (`HAS_INPUT` clear) and runs the work directly; the closure's
+//!    own lock makes it run at most once either way.
 
 use std::fmt;
 
@@ -74,8 +78,11 @@ const IN_READY: u64 = 1 << 59;
 const WAITING: u64 = 1 << 58;
 /// Set while its group's limit holds the task back (group invariant 3).
 const HELD: u64 = 1 << 57;
+/// Set at creation if the task has an input to take when it starts (own
+/// kwargs, or upstream tasks whose results it may receive); never changes.
+const HAS_INPUT: u64 = 1 << 56;
 /// The pending-delivery count (invariant 3).
-const PENDING: u64 = HELD - 1;
+const PENDING: u64 = HAS_INPUT - 1;
 /// The task ended (finished or stopped).
 const ENDED: u64 = STOPPED | FINISHED;
 
@@ -156,7 +163,11 @@ pub(crate) type Cells = SmallVec<[Arc<TaskCell>; 2]>;
 pub(crate) type Wakes = Vec<Waiter>;
 
 /// Wakes every waiter in `wakes`.
+#[inline]
 pub(crate) fn wake_all(wakes: Wakes) {
+    if wakes.is_empty() {
+        return; // nobody waits for almost every task
+    }
     for w in wakes {
         w.wake();
     }
@@ -395,13 +406,16 @@ impl<W: Work> TaskCell<W> {
         node: Option<Box<Node>>,
     ) -> Self {
         let promoted = node.is_some();
+        let has_input = input.is_some() || promoted;
         TaskCell {
             seq,
             priority: AtomicI32::new(priority),
             #[cfg(feature = "tracing")]
             queued_at: crate::trace::queued_at(),
             group,
-            state: AtomicU64::new(if promoted { PROMOTED } else { 0 }),
+            state: AtomicU64::new(
+                if promoted { PROMOTED } else { 0 } | if has_input { HAS_INPUT } else { 0 },
+            ),
             payload: Mutex::new(Slot {
                 work: Payload::Pending { input },
                 extras: None,
@@ -552,6 +566,15 @@ impl TaskCell {
             }),
             _ => None,
         }
+    }
+
+    /// Returns `true` if the task was made with an input (own kwargs or
+    /// upstream tasks): its worker must take it with `take_work`. A task
+    /// without one is started by `run_work` alone (invariant 9: the worker
+    /// that claimed it owns its work, and `Pending` stays until the outcome
+    /// replaces it).
+    pub(crate) fn has_input(&self) -> bool {
+        self.load() & HAS_INPUT != 0
     }
 
     /// Runs the work of a task whose work this worker took (`take_work`).

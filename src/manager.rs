@@ -156,10 +156,19 @@ impl MirrorAtomic for AtomicI64 {
 pub(crate) struct Garbage(Vec<Job>, Vec<Waiter>);
 
 impl Drop for Garbage {
+    #[inline]
     fn drop(&mut self) {
-        if self.0.is_empty() && self.1.is_empty() {
-            return; // the common case, on every release of the lock
+        // Empty on almost every release of the lock.
+        if !self.0.is_empty() || !self.1.is_empty() {
+            self.dispose();
         }
+    }
+}
+
+impl Garbage {
+    /// Drops the jobs and wakes the waiters.
+    #[cold]
+    fn dispose(&mut self) {
         for job in self.0.drain(..) {
             unwind::contain(move || drop(job));
         }
@@ -174,14 +183,21 @@ impl Drop for Garbage {
 pub(crate) struct Notify<'a>(Option<&'a Mutex<Emitter>>);
 
 impl Drop for Notify<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(emitter) = self.0 {
-            let notifier = emitter.lock().take_notify();
-            if let Some(n) = notifier {
-                // A panicking notifier must not take the worker down (SPEC 7).
-                unwind::contain(|| n());
-            }
+            notify_if_due(emitter);
         }
+    }
+}
+
+/// Calls the notifier if an event landed in an empty queue (no lock held).
+#[cold]
+fn notify_if_due(emitter: &Mutex<Emitter>) {
+    let notifier = emitter.lock().take_notify();
+    if let Some(n) = notifier {
+        // A panicking notifier must not take the worker down (SPEC 7).
+        unwind::contain(|| n());
     }
 }
 
@@ -196,7 +212,17 @@ impl Drop for Notify<'_> {
 struct Announce<'a>(Option<MutexGuard<'a, Emitter>>);
 
 impl Drop for Announce<'_> {
+    #[inline]
     fn drop(&mut self) {
+        if self.0.is_some() {
+            self.announce();
+        }
+    }
+}
+
+impl Announce<'_> {
+    /// Queues the deferred events, then calls the notifier if one is due.
+    fn announce(&mut self) {
         if let Some(mut em) = self.0.take() {
             let mut ends = std::mem::take(&mut em.deferred);
             for end in ends.drain(..) {
@@ -289,17 +315,26 @@ impl Drop for Locked<'_> {
         // hint, then the emit lock, which `announce` holds while it queues
         // the events after the guard is released.
         store_if_changed(self.hint, self.guard.best_priority());
-        self.garbage.1.append(&mut self.guard.wakes);
-        if !self.guard.out.is_empty() {
-            // Held already if `hold_emit` was called.
-            let mut em = match self.announce.0.take() {
-                Some(held) => held,
-                None => self.emitter.lock(),
-            };
-            em.deferred.extend(self.guard.out.drain(..));
-            // `announce` also calls the notifier.
-            self.announce.0 = Some(em);
+        if !self.guard.wakes.is_empty() {
+            self.garbage.1.append(&mut self.guard.wakes);
         }
+        if !self.guard.out.is_empty() {
+            self.defer_events();
+        }
+    }
+}
+
+impl Locked<'_> {
+    /// Moves the ends decided here to the emit lock, which `announce` holds
+    /// until it has queued their events (and called the notifier).
+    fn defer_events(&mut self) {
+        // Held already if `hold_emit` was called.
+        let mut em = match self.announce.0.take() {
+            Some(held) => held,
+            None => self.emitter.lock(),
+        };
+        em.deferred.extend(self.guard.out.drain(..));
+        self.announce.0 = Some(em);
     }
 }
 
@@ -441,7 +476,7 @@ impl Shared {
         priority: i32,
         group: Option<Group>,
         after: SmallVec<[TaskId; 2]>,
-        kwargs: Kwargs,
+        kwargs: Option<Kwargs>,
     ) -> Result<(TaskId, Arc<TaskCell>), Error> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -548,10 +583,10 @@ impl Shared {
         make: MakeCell<'_>,
         priority: i32,
         group: Option<Group>,
-        kwargs: Kwargs,
+        kwargs: Option<Kwargs>,
     ) -> (TaskId, Arc<TaskCell>) {
         let group = group.map(|g| self.groups.join(g));
-        let input = (!kwargs.is_empty()).then(|| {
+        let input = kwargs.map(|kwargs| {
             Box::new(Input {
                 kwargs,
                 upstream: SmallVec::new(),
@@ -782,14 +817,14 @@ impl Shared {
         w: usize,
         busy: &AtomicUsize,
     ) -> Option<Arc<TaskCell>> {
-        let Some(input) = cell.take_work() else {
-            // Stopped between hand-out and start.
-            self.release_group_slot(&cell);
-            let next = self.next_or_idle(w);
-            if !next.passes_busy {
-                self.busy_done(busy);
+        // A task without input needs no slot lock to start (cell invariant 9).
+        let input = if cell.has_input() {
+            match cell.take_work() {
+                Some(input) => input,
+                None => return self.not_started(&cell, w, busy),
             }
-            return next.task;
+        } else {
+            None
         };
         let id = TaskId {
             seq: cell.seq,
@@ -799,16 +834,15 @@ impl Shared {
         // The context holds the worker's reference while the task runs and
         // gives it back (no count changes on the cell's `Arc`).
         let ctx = TaskContext::new(id, cell, input);
-        let outcome = span.run(|| match ctx.cell().run_work(&ctx) {
-            Some(Ok(result)) => Outcome::Completed(result),
-            Some(Err(failure)) => Outcome::Failed(Arc::new(failure)),
-            // Cannot happen: this worker took the work (`take_work`).
-            None => Outcome::Failed(Arc::new(crate::unwind::Failure {
-                message: "internal error: the task's work was already taken".into(),
-                traceback: String::new(),
-            })),
+        let ran = span.run(|| match ctx.cell().run_work(&ctx) {
+            Some(Ok(result)) => Some(Outcome::Completed(result)),
+            Some(Err(failure)) => Some(Outcome::Failed(Arc::new(failure))),
+            None => None,
         });
         let cell = ctx.into_cell();
+        let Some(outcome) = ran else {
+            return self.not_started(&cell, w, busy);
+        };
         span.end(&outcome, cell.is_stopped());
         let (next, cell) = if cell.is_promoted() {
             let next = self.end_in_graph(&cell, outcome, Some(w));
@@ -822,6 +856,22 @@ impl Shared {
         }
         // After the events are queued: `wait_idle` must not see this worker
         // idle before its task's events can be received.
+        if !next.passes_busy {
+            self.busy_done(busy);
+        }
+        next.task
+    }
+
+    /// A claimed task whose work someone else took before it started
+    /// (it was ended meanwhile): nothing to run or announce.
+    fn not_started(
+        self: &Arc<Self>,
+        cell: &Arc<TaskCell>,
+        w: usize,
+        busy: &AtomicUsize,
+    ) -> Option<Arc<TaskCell>> {
+        self.release_group_slot(cell);
+        let next = self.next_or_idle(w);
         if !next.passes_busy {
             self.busy_done(busy);
         }

@@ -22,13 +22,14 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use crate::cell::TaskCell;
 use crate::sync::Arc;
 
-/// A cell ordered by sequence number.
+/// A cell ordered by sequence number, kept beside it so that the heap
+/// compares entries without reading the cells.
 #[derive(Debug)]
-struct BySeq(Arc<TaskCell>);
+struct BySeq(u64, Arc<TaskCell>);
 
 impl PartialEq for BySeq {
     fn eq(&self, other: &Self) -> bool {
-        self.0.seq == other.0.seq
+        self.0 == other.0
     }
 }
 impl Eq for BySeq {}
@@ -39,7 +40,7 @@ impl PartialOrd for BySeq {
 }
 impl Ord for BySeq {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.0.seq.cmp(&other.0.seq)
+        self.0.cmp(&other.0)
     }
 }
 
@@ -56,12 +57,12 @@ impl Level {
     /// Pops the smallest id.
     fn pop(&mut self) -> Option<Arc<TaskCell>> {
         let late_first = match (self.fifo.front(), self.late.peek()) {
-            (Some(f), Some(Reverse(l))) => l.0.seq < f.seq,
+            (Some(f), Some(Reverse(l))) => l.0 < f.seq,
             (None, Some(_)) => true,
             _ => false,
         };
         if late_first {
-            self.late.pop().map(|Reverse(BySeq(c))| c)
+            self.late.pop().map(|Reverse(BySeq(_, c))| c)
         } else {
             self.fifo.pop_front()
         }
@@ -70,9 +71,9 @@ impl Level {
     /// Returns the smallest id's entry without popping it.
     fn peek(&self) -> Option<&Arc<TaskCell>> {
         match (self.fifo.front(), self.late.peek()) {
-            (Some(f), Some(Reverse(l))) if l.0.seq < f.seq => Some(&l.0),
+            (Some(f), Some(Reverse(l))) if l.0 < f.seq => Some(&l.1),
             (Some(f), _) => Some(f),
-            (None, Some(Reverse(l))) => Some(&l.0),
+            (None, Some(Reverse(l))) => Some(&l.1),
             (None, None) => None,
         }
     }
@@ -131,7 +132,7 @@ impl ReadyQueue {
             self.sparse.entry(Reverse(priority)).or_default()
         };
         match level.fifo.back() {
-            Some(back) if cell.seq < back.seq => level.late.push(Reverse(BySeq(cell))),
+            Some(back) if cell.seq < back.seq => level.late.push(Reverse(BySeq(cell.seq, cell))),
             _ => level.fifo.push_back(cell),
         }
     }

@@ -552,7 +552,7 @@ pub(crate) enum Linked {
 /// [`link`]: its own kwargs, and a count of one per upstream task plus
 /// one that [`link`] holds until it has seen every upstream (state
 /// invariant 2), so that no upstream ending meanwhile releases it early.
-pub(crate) fn new_node(kwargs: Kwargs, upstream: &Ids) -> Box<Node> {
+pub(crate) fn new_node(kwargs: Option<Kwargs>, upstream: &Ids) -> Box<Node> {
     // Every field spelled out: `..Node::default()` would build a default
     // `Input` and drop it again.
     Box::new(Node {
@@ -560,7 +560,7 @@ pub(crate) fn new_node(kwargs: Kwargs, upstream: &Ids) -> Box<Node> {
         upstream: SmallVec::new(),
         downstream: SmallVec::new(),
         input: Input {
-            kwargs,
+            kwargs: kwargs.unwrap_or_default(),
             upstream: SmallVec::new(),
         },
     })
@@ -706,7 +706,7 @@ mod tests {
     ) -> (Arc<TaskCell>, Vec<Job>) {
         let env = Env { registry };
         let upstream: Ids = upstream.iter().copied().collect();
-        let node = new_node(Kwargs::new(), &upstream);
+        let node = new_node(None, &upstream);
         let cell: Arc<TaskCell> = Arc::new(TaskCell::new(
             seq,
             0,

@@ -274,8 +274,9 @@ pub struct TaskBuilder<'a> {
     group: Option<Group>,
     /// Upstream task ids.
     after: SmallVec<[TaskId; 2]>,
-    /// Own kwargs.
-    kwargs: Kwargs,
+    /// Own kwargs, if set and not empty (`None` spares most tasks making
+    /// and dropping an empty map).
+    kwargs: Option<Kwargs>,
 }
 
 impl fmt::Debug for TaskBuilder<'_> {
@@ -291,7 +292,7 @@ impl fmt::Debug for TaskBuilder<'_> {
             .field("priority", priority)
             .field("group", group)
             .field("after", after)
-            .field("kwargs", kwargs)
+            .field("kwargs", kwargs.as_ref().unwrap_or(&Kwargs::new()))
             .finish()
     }
 }
@@ -304,7 +305,7 @@ impl<'a> TaskBuilder<'a> {
             priority: 0,
             group: None,
             after: SmallVec::new(),
-            kwargs: Kwargs::new(),
+            kwargs: None,
         }
     }
 
@@ -340,7 +341,7 @@ impl<'a> TaskBuilder<'a> {
 
     /// Sets the task's own kwargs, readable with [`TaskContext::kwargs`].
     pub fn kwargs(mut self, kwargs: Kwargs) -> Self {
-        self.kwargs = kwargs;
+        self.kwargs = (!kwargs.is_empty()).then_some(kwargs);
         self
     }
 

@@ -27,7 +27,7 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
                 registry: &registry,
             };
             let cell = |seq, kwargs, up: &Ids| -> Arc<TaskCell> {
-                let node = new_node(kwargs, up);
+                let node = new_node(Some(kwargs), up);
                 Arc::new(TaskCell::new(seq, 0, None, never(), None, Some(node)))
             };
             let up: Ids = [0, 1].into_iter().collect();
@@ -94,7 +94,7 @@ fn loom_link_vs_upstream_end() {
             let env = Env {
                 registry: &registry,
             };
-            let node = new_node(Kwargs::new(), &Ids::new());
+            let node = new_node(None, &Ids::new());
             let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
             assert!(st.insert(&env, &up, &Ids::new()).is_empty());
             let running = st.pop_ready(&fifo).expect("the upstream task is ready");
@@ -113,7 +113,7 @@ fn loom_link_vs_upstream_end() {
         };
         // The submitter, as `Shared::submit` does.
         let upstream: Ids = [0].into_iter().collect();
-        let node = new_node(Kwargs::new(), &upstream);
+        let node = new_node(None, &upstream);
         let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, Some(node)));
         let linked = {
             let mut registry = registry.lock();
