@@ -852,9 +852,22 @@ impl TaskCell {
 /// not touched by the many tasks with other results.
 fn end_order(outcome: &Outcome) -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    match outcome {
-        Outcome::Completed(r) if !r.is::<crate::kwargs::Kwargs>() => 0,
-        _ => NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    if outcome.is_ordered() {
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    } else {
+        0
+    }
+}
+
+impl Outcome {
+    /// Returns `true` if the order of this end among others matters to
+    /// tasks added later: a `Kwargs` result (merged, later ends winning) or
+    /// a failure (inherited, the first one winning). See [`end_order`].
+    pub(crate) fn is_ordered(&self) -> bool {
+        match self {
+            Outcome::Completed(r) => r.is::<crate::kwargs::Kwargs>(),
+            Outcome::Failed(_) => true,
+        }
     }
 }
 

@@ -960,7 +960,15 @@ impl Shared {
         worker: Option<usize>,
     ) -> Next {
         let mut st = self.lock();
-        st.hold_emit();
+        if outcome.is_ordered() {
+            // Its end order is decided here (`hold_emit`). Other ends decide
+            // none, and take the emit lock only when the scheduler lock is
+            // released: their events still queue in the order of the
+            // critical sections (state invariant 4), and the emit lock is
+            // not held through the whole section, which every other end
+            // waits for.
+            st.hold_emit();
+        }
         let jobs = st.finish(cell, outcome);
         st.discard(jobs);
         let mut next = Next {
