@@ -755,6 +755,24 @@ impl Shared {
                     return None;
                 }
             }
+            // The common case takes the bare lock. With the inbox empty
+            // (read under the lock; a push counts itself first) there is
+            // nothing to apply, and a pick only removes a task: it queues
+            // no event, drops no job, wakes nobody, and needs no dispatch
+            // (every critical section leaves no idle worker beside a task
+            // it could run: race 1). Only the hint changes, published
+            // before the lock is released.
+            {
+                let mut guard = self.state.lock();
+                if guard.mode != Mode::Processing {
+                    return None;
+                }
+                if self.inbox.is_empty() {
+                    let picked = guard.pop_ready(&self.fifo);
+                    store_if_changed(&self.hint, guard.best_priority());
+                    return picked;
+                }
+            }
             let mut st = self.lock();
             if st.mode != Mode::Processing {
                 return None;
