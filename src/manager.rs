@@ -612,11 +612,40 @@ impl Shared {
             seq: cell.seq,
             manager: self.manager_id,
         };
+        if priority != 0 && !self.processing.load(Ordering::SeqCst) && self.queue_paused(&cell) {
+            return (id, cell);
+        }
         if priority != 0 {
             self.inbox.push(Arc::clone(&cell));
         }
         self.after_inbox_push();
         (id, cell)
+    }
+
+    /// Queues a ready task straight into the locked queue while the
+    /// manager is paused: no worker picks then, so the bare scheduler lock
+    /// is free, and this is cheaper than the inbox and its later drain.
+    /// Returns `false`, doing nothing, if the manager is not paused under
+    /// the lock (the caller takes the inbox path, which handles every mode).
+    fn queue_paused(&self, cell: &Arc<TaskCell>) -> bool {
+        let mut guard = self.state.lock();
+        if guard.mode != Mode::Paused {
+            return false;
+        }
+        // Everything added before is applied first, as by `lock()` (the
+        // ready queue orders by priority and id whatever the arrival order,
+        // but a stop or `set_priority` of an inbox task must not meet it
+        // twice).
+        if !self.inbox.is_empty() {
+            return false;
+        }
+        // A stop that came first took the scheduler lock and found it
+        // queued nowhere; it must not be queued now.
+        if !cell.is_stopped() && !cell.is_in_ready() {
+            guard.push_ready(Arc::clone(cell));
+            store_if_changed(&self.hint, guard.best_priority());
+        }
+        true
     }
 
     /// Hands ready tasks to idle workers, starting workers as needed, while
