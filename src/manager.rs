@@ -9,10 +9,15 @@
 //! order is id order. Other priorities go through a lock-free inbox that the
 //! next holder of the scheduler lock moves into the locked ready queue
 //! (every `Shared::lock` drains it first, so decisions under the lock see
-//! every task added before). A worker takes its next task without any lock
+//! every task added before); while the manager is paused, when no worker
+//! picks, they go straight into the locked queue under the bare lock
+//! (`queue_paused`). A worker takes its next task without any lock
 //! while the locked queue holds nothing of priority 0 or more (the `hint`)
-//! and the inbox is empty, and ends it with atomics on its cell plus the
-//! short emit lock.
+//! and the inbox is empty; otherwise under the bare lock if the inbox is
+//! empty (a pick only removes a task: nothing to drain, dispatch or hand
+//! on), or under `Shared::lock`. It ends the task with atomics on its cell
+//! plus the short emit lock, queueing a 16-byte envelope (the cell and a
+//! kind) from which the receiving subscription builds the `Event`.
 //!
 //! A task with upstream is added without the scheduler lock too: under the
 //! registry lock it gets its sequence number and is linked to its upstream
@@ -63,7 +68,9 @@
 //! 2. A worker lowers its `busy` count then reads `idle_waiters`;
 //!    `wait_idle` raises `idle_waiters` then reads every worker's `busy`
 //!    under the lock. (Each worker has its own count, so two workers never
-//!    write the same cache line per task.) A worker that makes
+//!    write the same cache line per task; a worker that picks its next
+//!    task itself passes the count on without lowering it, see
+//!    `Shared::run_task`.) A worker that makes
 //!    the manager idle while someone waits takes the lock to wake them.
 //!
 //! # Lock order
