@@ -41,8 +41,10 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
             task = shared.run_task(cell, w, &busy);
             continue;
         }
-        // Spins once per idle period before sleeping (see `linger`).
+        // Spins once per idle period before sleeping (see `linger`), and
+        // frees finished tasks' memory once per idle period (see `TRIM_AFTER`).
         let mut lingered = false;
+        let mut trimmed = false;
         let mut st = shared.lock();
         loop {
             if let Some(cell) = st.workers[w].assigned.take() {
@@ -69,20 +71,40 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
                 lingered = true;
                 drop(st);
                 linger(&busy);
-                // Still idle: free the memory of tasks that are done with,
-                // before sleeping and outside every lock.
-                if busy.load(Ordering::Acquire) == 0 {
-                    drop(shared.take_dead());
-                }
                 st = shared.lock();
                 continue;
             }
             let signal = Arc::clone(&st.workers[w].signal);
+            if !trimmed {
+                trimmed = true;
+                let deadline = Instant::now() + TRIM_AFTER;
+                if signal.wait_until(&mut st.guard, deadline).timed_out()
+                    && st.workers[w].assigned.is_none()
+                {
+                    // Still idle: free the memory of tasks that are done
+                    // with before sleeping for good, outside every lock.
+                    drop(st);
+                    drop(shared.take_dead());
+                    st = shared.lock();
+                }
+                continue;
+            }
             // Spurious wake-ups just come around the loop again.
             signal.wait(&mut st.guard);
         }
     }
 }
+
+/// How long an idle worker sleeps before it frees the memory of finished
+/// tasks (`Shared::take_dead`) and sleeps for good. Not at once: while the
+/// owner is adding tasks, workers go idle between them all the time, and
+/// freeing cells the owner's thread allocated (and would free itself when
+/// adding) slows the owner down; after a millisecond without work the pool
+/// is likely done for a while, and a burst of tasks does not keep its
+/// memory. (With freeing right after the linger instead, the median time
+/// per task of a W3-like driver, 100 layers of 1,000 tasks, was 3 % and
+/// 14 % higher in two batches of 12 and 18 runs on the 2-core test machine.)
+const TRIM_AFTER: Duration = Duration::from_millis(1);
 
 /// How long a worker that just went idle watches for a new task before it
 /// sleeps.
