@@ -100,8 +100,8 @@ pub(crate) struct Input {
 
 impl Input {
     /// Records a completed upstream task's result.
-    pub(crate) fn absorb(&mut self, order: u64, up: u64, result: &TaskResult) {
-        self.upstream.push((order, up, result.clone()));
+    pub(crate) fn absorb(&mut self, order: u64, up: u64, result: TaskResult) {
+        self.upstream.push((order, up, result));
     }
 
     /// Merges the upstream `Kwargs` results into the task's own kwargs in

@@ -452,7 +452,7 @@ impl State {
                         return false; // ended (failed) or released already
                     }
                     if let Some((order, result)) = result {
-                        dn.input.absorb(order, seq, result);
+                        dn.input.absorb(order, seq, result.clone());
                     }
                     dn.waiting_on -= 1;
                     dn.waiting_on == 0
@@ -634,9 +634,11 @@ pub(crate) fn link(registry: &Registry, cell: &Arc<TaskCell>, upstream: &Ids) ->
     if let Some(f) = failure {
         return Linked::Failed(f); // keeps its count: still blocked
     }
-    for (order, seq, outcome) in &given {
+    // Moved, not cloned: each clone or drop of a result's `Arc` is an
+    // atomic write to a line the upstream's worker wrote last.
+    for (order, seq, outcome) in given {
         if let Outcome::Completed(result) = outcome {
-            node.input.absorb(*order, *seq, result);
+            node.input.absorb(order, seq, result);
         }
     }
     node.waiting_on -= satisfied;
