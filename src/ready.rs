@@ -315,6 +315,12 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Shrunk in memory; nothing written next to the sources.
+        #![proptest_config(proptest::test_runner::Config {
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
         /// Against a sorted list: any priorities, ids out of order, and
         /// entries that cannot be taken, popped interleaved with pushes.
         #[test]
