@@ -2,14 +2,14 @@
 //! tasks stopped after their event was queued.
 //!
 //! Each subscription is an unbounded channel. Events are pushed under the
-//! emit lock ([`Emitter`]), so every subscriber sees the same order, and received on
-//! the owner's thread without any lock of ours. What is queued is an
-//! [`Envelope`]: the task's [`TaskCell`] and the kind of event. Receiving
-//! it *settles* the cell (see the cell's invariants), which either delivers
-//! it or, if the task was stopped in the meantime, discards it; the
-//! [`Event`] is built then, on the receiving thread, from what the cell
-//! keeps. So once a stop call returns, no queue can hand out an event of a
-//! task it stopped.
+//! emit lock ([`Emitter`]), so every subscriber sees the same order, and
+//! received on the owner's thread without any lock of ours. What is queued
+//! is an [`Envelope`]: the task's [`TaskCell`] and the kind of event.
+//! Receiving it *settles* the cell (see the cell's invariants), which
+//! either delivers it or, if the task was stopped in the meantime, discards
+//! it; the [`Event`] is built then, on the receiving thread, from what the
+//! cell keeps. So once a stop call returns, no queue can hand out an event
+//! of a task it stopped.
 //!
 //! # The notifier protocol
 //!
