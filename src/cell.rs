@@ -830,10 +830,7 @@ impl TaskCell {
     /// Returns the kept outcome, for the event a subscription builds when
     /// it delivers it; `None` once the task was stopped.
     pub(crate) fn kept_outcome(&self) -> Option<Outcome> {
-        match &self.payload.lock().work {
-            Payload::Done(outcome, _) if !self.is_stopped() => Some(outcome.clone()),
-            _ => None,
-        }
+        self.outcome().filter(|_| !self.is_stopped())
     }
 
     /// Drops a kept outcome (the task was stopped, or nobody will read it).

@@ -573,9 +573,8 @@ impl Shared {
                 let (_, wakes) = cell.stop();
                 st.wakes.extend(wakes);
                 st.discard(cell.take_job());
-            } else if !cell.is_stopped() && !cell.is_in_ready() {
-                // (`set_priority` may have queued it already.)
-                st.push_ready(cell);
+            } else {
+                st.push_arrival(cell);
             }
         }
         if drained > 0 {
@@ -646,10 +645,9 @@ impl Shared {
         if !self.inbox.is_empty() {
             return false;
         }
-        // A stop that came first took the scheduler lock and found it
-        // queued nowhere; it must not be queued now.
-        if !cell.is_stopped() && !cell.is_in_ready() {
-            guard.push_ready(Arc::clone(cell));
+        // (A stop that came first took the scheduler lock and found it
+        // queued nowhere; it must not be queued now.)
+        if guard.push_arrival(Arc::clone(cell)) {
             store_if_changed(&self.hint, guard.best_priority());
         }
         true

@@ -185,6 +185,17 @@ impl State {
         self.ready.push(cell.priority(), cell);
     }
 
+    /// Queues a cell that arrives from the FIFO or the inbox, unless it was
+    /// stopped meanwhile or `set_priority` queued it here already; `true`
+    /// if it was queued.
+    pub(crate) fn push_arrival(&mut self, cell: Arc<TaskCell>) -> bool {
+        let queue = !cell.is_stopped() && !cell.is_in_ready();
+        if queue {
+            self.push_ready(cell);
+        }
+        queue
+    }
+
     /// Takes the best ready task and claims it for a worker. Compares the
     /// FIFO's head (priority 0, oldest first) with the locked queue by
     /// pulling it in whenever the locked queue has nothing better than 0.
@@ -200,9 +211,7 @@ impl State {
             if !fifo.is_empty() && self.ready.best_priority().is_none_or(|p| p <= 0) {
                 // The FIFO's first live entry, if any, competes by id.
                 while let Some(cell) = fifo.pop() {
-                    // Skip stopped tasks and those `set_priority` moved here.
-                    if !cell.is_stopped() && !cell.is_in_ready() {
-                        self.push_ready(cell);
+                    if self.push_arrival(cell) {
                         break;
                     }
                 }
