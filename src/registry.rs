@@ -42,16 +42,19 @@ impl Registry {
     /// and memory, too slow for a critical section).
     pub(crate) fn take_dead(&mut self) -> Vec<Arc<TaskCell>> {
         let mut dead = Vec::new();
-        while self.cells.front().is_some_and(|c| c.is_dead()) {
-            dead.extend(self.cells.pop_front());
-        }
+        self.pop_dead(|c| dead.push(c));
         dead
     }
 
     /// Drops dead cells from the front.
     pub(crate) fn trim(&mut self) {
+        self.pop_dead(drop);
+    }
+
+    /// Hands the dead cells at the front to `f`, in order.
+    fn pop_dead(&mut self, mut f: impl FnMut(Arc<TaskCell>)) {
         while self.cells.front().is_some_and(|c| c.is_dead()) {
-            self.cells.pop_front();
+            f(self.cells.pop_front().expect("a front cell was just seen"));
         }
     }
 
