@@ -897,8 +897,7 @@ impl Shared {
         };
         span.end(&outcome, cell.is_stopped());
         let (next, cell) = if cell.is_promoted() {
-            let next = self.end_in_graph(&cell, outcome, Some(w));
-            (next, Some(cell))
+            self.end_in_graph(cell, outcome, Some(w))
         } else {
             let next = self.next_or_idle(w);
             (next, self.end_fast(cell, outcome))
@@ -994,9 +993,9 @@ impl Shared {
                 // Became an upstream while running: end it in the graph,
                 // with the outcome it kept.
                 let outcome = cell.outcome().expect("kept above; only a stop clears it");
-                let next = self.end_in_graph(&cell, outcome, None);
+                let (next, cell) = self.end_in_graph(cell, outcome, None);
                 debug_assert!(next.task.is_none());
-                Some(cell)
+                cell
             }
         }
     }
@@ -1005,12 +1004,17 @@ impl Shared {
     /// worker `w` also takes its next task (or goes idle) in the same
     /// critical section, before the events are queued (see `run_task`), so
     /// a released downstream task runs on the worker that released it.
+    ///
+    /// Returns the cell if the caller still needs it (a task in a group,
+    /// for its group slot). Otherwise this thread's reference is dropped
+    /// before the lock is released, so that queueing the event is the last
+    /// this thread does with the cell (see `Outgoing::announce`).
     fn end_in_graph(
         self: &Arc<Self>,
-        cell: &Arc<TaskCell>,
+        cell: Arc<TaskCell>,
         outcome: Outcome,
         worker: Option<usize>,
-    ) -> Next {
+    ) -> (Next, Option<Arc<TaskCell>>) {
         let mut st = self.lock();
         if outcome.is_ordered() {
             // Its end order is decided here (`hold_emit`). Other ends decide
@@ -1021,8 +1025,9 @@ impl Shared {
             // waits for.
             st.hold_emit();
         }
-        let jobs = st.finish(cell, outcome);
+        let jobs = st.finish(&cell, outcome);
         st.discard(jobs);
+        let cell = cell.group.is_some().then_some(cell);
         let mut next = Next {
             task: None,
             passes_busy: false,
@@ -1039,7 +1044,7 @@ impl Shared {
             }
         }
         self.dispatch(&mut st);
-        next
+        (next, cell)
     }
 
     /// Frees the group slot of a task a worker is done with, requeueing a

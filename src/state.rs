@@ -88,22 +88,46 @@ pub(crate) struct WorkerSlot {
 /// A task's end decided under the scheduler lock, to be announced when the
 /// lock is released ([`Outgoing::announce`]).
 pub(crate) struct Outgoing {
-    /// Its terminal event, if anyone subscribed.
-    event: Option<Envelope>,
-    /// The task.
-    cell: Arc<TaskCell>,
+    /// The task; `None` once announced.
+    cell: Option<Arc<TaskCell>>,
+    /// `true` if its terminal event is owed (anyone subscribed; the copies
+    /// are counted in the cell).
+    event: bool,
 }
 
 impl Outgoing {
     /// Queues the event, then ends the task's group membership, emitting
     /// `GroupFinished` right after it if it was the last (emit lock held).
-    pub(crate) fn announce(self, em: &mut Emitter) {
-        if let Some(env) = self.event {
-            em.emit(env);
+    ///
+    /// For a task in no group, queueing the event is the last this thread
+    /// does with the cell: its reference moves into the envelope, so the
+    /// receiver, which opens the cell at once when it keeps up, does not
+    /// pull the cell's lines back and forth with a worker still dropping
+    /// its references.
+    pub(crate) fn announce(mut self, em: &mut Emitter) {
+        let cell = self.cell.take().expect("announced once");
+        let Some(g) = &cell.group else {
+            if self.event {
+                em.emit(Envelope::terminal(cell));
+            }
+            return;
+        };
+        if self.event {
+            em.emit(Envelope::terminal(Arc::clone(&cell)));
         }
-        if let Some(g) = &self.cell.group {
-            if g.end_member() && em.fan_out() > 0 {
-                em.emit(Envelope::group_finished(&self.cell));
+        if g.end_member() && em.fan_out() > 0 {
+            em.emit(Envelope::group_finished(&cell));
+        }
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        // Not announced (only tests drop one so): its envelope settles its
+        // copy as a queue that goes away does.
+        if let Some(cell) = self.cell.take() {
+            if self.event {
+                drop(Envelope::terminal(cell));
             }
         }
     }
@@ -435,17 +459,20 @@ impl State {
     ) -> Option<(Cells, u64)> {
         let n = self.fan_out;
         let end = cell.end_linked(outcome, n, only_blocked)?;
-        self.wakes.extend(end.wakes);
+        if !end.wakes.is_empty() {
+            self.wakes.extend(end.wakes);
+        }
         // A blocked task's job: it never runs.
-        jobs.extend(end.job);
+        if let Some(job) = end.job {
+            jobs.push(job);
+        }
         let (downstream, order) = (end.downstream, end.order);
         // The group's count is lowered when the event is queued, under the
         // emit lock, as on the fast path (group invariant 1): so a
         // `GroupFinished` never overtakes a member's event.
-        let event = (n > 0).then(|| Envelope::terminal(Arc::clone(cell)));
         self.out.push(Outgoing {
-            event,
-            cell: Arc::clone(cell),
+            cell: Some(Arc::clone(cell)),
+            event: n > 0,
         });
         Some((downstream, order))
     }
@@ -665,19 +692,17 @@ fn is_live_entry(cell: &TaskCell, priority: i32) -> bool {
     cell.is_in_ready() && cell.priority() == priority
 }
 
-/// Builds the terminal event of `cell`'s task.
-pub(crate) fn terminal_event(cell: &TaskCell, outcome: &Outcome, manager: u64) -> Event {
+/// Builds the terminal event of `cell`'s task from its outcome, which it
+/// takes (the receiver's copy: moving it saves two count changes on a
+/// result a worker made).
+pub(crate) fn terminal_event(cell: &TaskCell, outcome: Outcome, manager: u64) -> Event {
     let id = TaskId {
         seq: cell.seq,
         manager,
     };
     let group = cell.group.as_ref().map(|g| g.key.clone());
     match outcome {
-        Outcome::Completed(result) => Event::Completed {
-            id,
-            group,
-            result: result.clone(),
-        },
+        Outcome::Completed(result) => Event::Completed { id, group, result },
         Outcome::Failed(f) => Event::Failed {
             id,
             group,
@@ -747,7 +772,7 @@ mod tests {
         assert!(st.finish(&running, boom()).is_empty());
         assert!(up.is_dead());
         assert!(
-            st.out.iter().all(|o| o.event.is_none()),
+            st.out.iter().all(|o| !o.event),
             "no event without a subscriber"
         );
         st.out.clear();
@@ -799,7 +824,12 @@ mod tests {
         assert!(st.pop_ready(&fifo).is_none(), "the others are blocked");
         let jobs = st.finish(&running, boom());
         assert_eq!(jobs.len(), 5, "five blocked tasks never ran");
-        let order: Vec<u64> = st.out.iter().map(|o| o.cell.seq).collect();
+        let order: Vec<u64> = st
+            .out
+            .iter()
+            .flat_map(|o| o.cell.as_ref())
+            .map(|c| c.seq)
+            .collect();
         assert_eq!(order, [0, 1, 2, 3, 5, 4]);
         st.out.clear();
         assert!(cells.iter().all(|c| c.is_dead()));

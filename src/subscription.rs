@@ -133,7 +133,7 @@ impl Envelope {
                 let outcome = self.gate.kept_outcome()?;
                 Some(crate::state::terminal_event(
                     &self.gate,
-                    &outcome,
+                    outcome,
                     sub.manager,
                 ))
             }
