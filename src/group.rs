@@ -232,9 +232,16 @@ impl GroupTable {
         Arc::clone(state)
     }
 
-    /// Records `cell` as a member of its group (invariant 2).
+    /// Records `cell` as a member of its group (invariant 2), if it has one.
+    #[inline]
     pub(crate) fn add_member(cell: &Arc<TaskCell>) {
-        let Some(group) = &cell.group else { return };
+        if let Some(group) = &cell.group {
+            Self::add_member_to(group, cell);
+        }
+    }
+
+    /// Records `cell` as a member of `group`, its group.
+    fn add_member_to(group: &GroupState, cell: &Arc<TaskCell>) {
         let mut members = group.members.lock();
         let (list, compacted) = &mut *members;
         list.push(Arc::downgrade(cell));
