@@ -1015,92 +1015,19 @@ impl Shared {
         outcome: Outcome,
         worker: Option<usize>,
     ) -> (Next, Option<Arc<TaskCell>>) {
-        if !outcome.is_ordered() {
-            return self.end_unordered(cell, outcome, worker);
-        }
         let mut st = self.lock();
-        // Its end order is decided here (`hold_emit`): a `Kwargs` result or
-        // a failure, which tasks added later merge or inherit in the order
-        // of the ends (RELIABILITY.md finding 18).
-        st.hold_emit();
+        if outcome.is_ordered() {
+            // Its end order is decided here (`hold_emit`). Other ends decide
+            // none, and take the emit lock only when the scheduler lock is
+            // released: their events still queue in the order of the
+            // critical sections (state invariant 4), and the emit lock is
+            // not held through the whole section, which every other end
+            // waits for.
+            st.hold_emit();
+        }
         let jobs = st.finish(&cell, outcome);
         st.discard(jobs);
         let cell = cell.group.is_some().then_some(cell);
-        let next = self.next_locked(&mut st, worker);
-        (next, cell)
-    }
-
-    /// Ends a graph task that completed with a result that decides no end
-    /// order, without the scheduler lock for the end (`state::end_unordered`):
-    /// under the emit lock, the end and its event; then, with no lock but
-    /// their slot locks, the release of its downstream tasks; then, under
-    /// the scheduler lock, queueing those it released and the worker's next
-    /// pick. So the event is queued before any downstream task can start
-    /// (state invariant 4), and the scheduler lock, which every end of two
-    /// busy workers takes, is held only to queue and pick. See
-    /// `end_in_graph` for the return value.
-    fn end_unordered(
-        self: &Arc<Self>,
-        cell: Arc<TaskCell>,
-        outcome: Outcome,
-        worker: Option<usize>,
-    ) -> (Next, Option<Arc<TaskCell>>) {
-        let Outcome::Completed(result) = &outcome else {
-            unreachable!("a failure is ordered");
-        };
-        let seq = cell.seq;
-        let mut em = self.emitter.lock();
-        let end = state::end_unordered(&cell, &outcome, em.fan_out());
-        // In no group, the event takes this thread's last reference to the
-        // cell (see `Outgoing::announce`).
-        let cell = cell.group.is_some().then_some(cell);
-        let Some(end) = end else {
-            // A stop ended it first, and released its downstream tasks.
-            drop(em);
-            return (self.next_unlocked(worker), cell);
-        };
-        end.out.announce(&mut em);
-        let notifier = em.take_notify();
-        drop(em);
-        if let Some(n) = notifier {
-            // A panicking notifier must not take the worker down (SPEC 7).
-            unwind::contain(|| n());
-        }
-        wake_all(end.wakes);
-        drop(end.job);
-        let released: crate::cell::Cells = end
-            .downstream
-            .into_iter()
-            .filter(|d| state::release_one(d, seq, Some((0, result))))
-            .collect();
-        drop(outcome);
-        if released.is_empty() {
-            return (self.next_unlocked(worker), cell);
-        }
-        let mut st = self.lock();
-        for d in released {
-            st.push_released(d);
-        }
-        let next = self.next_locked(&mut st, worker);
-        (next, cell)
-    }
-
-    /// The next task of worker `worker`, if any, after an end that queued
-    /// nothing under the scheduler lock (none for an end on no worker).
-    fn next_unlocked(self: &Arc<Self>, worker: Option<usize>) -> Next {
-        match worker {
-            Some(w) => self.next_or_idle(w),
-            None => Next {
-                task: None,
-                passes_busy: false,
-            },
-        }
-    }
-
-    /// The next task of worker `worker`, if any, picked in the critical
-    /// section of an end (or registering it idle); then dispatches what
-    /// the section made ready to other workers.
-    fn next_locked(self: &Arc<Self>, st: &mut Locked<'_>, worker: Option<usize>) -> Next {
         let mut next = Next {
             task: None,
             passes_busy: false,
@@ -1112,12 +1039,12 @@ impl Shared {
             if next.task.is_some() {
                 next.passes_busy = true; // picked by this worker (see `run_task`)
             } else {
-                self.go_idle(st, w);
+                self.go_idle(&mut st, w);
                 next.task = st.workers[w].assigned.take();
             }
         }
-        self.dispatch(st);
-        next
+        self.dispatch(&mut st);
+        (next, cell)
     }
 
     /// Frees the group slot of a task a worker is done with, requeueing a

@@ -21,29 +21,22 @@
 //! 2. A node's `waiting_on` counts its upstream tasks that have not ended,
 //!    plus one that `link` holds until it has seen every upstream task.
 //!    The node is *blocked* while it is positive. It reaches 0 exactly once:
-//!    when the last count is dropped (by a release, under the node's slot
-//!    lock, or by `link`), and whoever drops it queues the task; or when
-//!    the task ends while blocked (a failure cascade), which sets it to 0
-//!    so that nobody queues it. An ended task is never queued by a release:
-//!    the releaser checks under this lock, which stops take
-//!    ([`State::push_released`]).
+//!    when the last count is dropped (by a release under this lock, or by
+//!    `link`), and whoever drops it queues the task; or when the task ends
+//!    while blocked (a failure cascade), which sets it to 0 so that nobody
+//!    queues it. An ended task is never queued by a release.
 //! 3. `queued` is the number of cells with `IN_READY` set; each has exactly
 //!    one entry in `ready`. Other entries there are stale and skipped.
-//! 4. An upstream's `Completed` is queued before its downstream tasks are
-//!    released. An end that decides an order (a `Kwargs` result or a
-//!    failure) ends the task, queues its event and releases its downstream
-//!    tasks under this lock and the emit lock together. Any other
-//!    completion ([`end_unordered`]) ends the task and queues its event
-//!    under the emit lock alone, and releases its downstream tasks only
-//!    after that. Either way the task is marked finished under the emit
-//!    lock, which is held until its event is queued: so a task that `link`
-//!    makes ready at once, having found its upstream tasks finished, ends
-//!    (taking the emit lock) after their events are queued; one failed on
-//!    arrival is failed under this lock.
+//! 4. Events of graph tasks are queued under this lock and the emit lock
+//!    together: an upstream's `Completed` is queued before its downstream
+//!    tasks are released, in the same critical section. A task that `link`
+//!    makes ready at once found its upstream tasks ended: their events were
+//!    decided before, and its own end takes this lock, so they are queued
+//!    first; one failed on arrival is failed under this lock.
 //!
 //! Lock order: scheduler → registry, scheduler → emitter, scheduler →
-//! group table, scheduler → a cell's slot, registry → a cell's slot,
-//! emitter → a cell's slot (one slot at a time). No user code runs under any of them: jobs of tasks that
+//! group table, scheduler → a cell's slot, registry → a cell's slot (one
+//! slot at a time). No user code runs under any of them: jobs of tasks that
 //! will never run are returned to be dropped after unlocking.
 
 use std::collections::HashMap;
@@ -489,18 +482,22 @@ impl State {
     /// (given to them) or `None` if it was stopped.
     fn release(&mut self, seq: u64, downstream: Cells, result: Option<(u64, &TaskResult)>) {
         for d in downstream {
-            if release_one(&d, seq, result) {
-                self.push_released(d);
+            let released = d
+                .with_node(|dn| {
+                    if dn.waiting_on == 0 {
+                        return false; // ended (failed) or released already
+                    }
+                    if let Some((order, result)) = result {
+                        dn.input.absorb(order, seq, result.clone());
+                    }
+                    dn.waiting_on -= 1;
+                    dn.waiting_on == 0
+                })
+                .unwrap_or(false);
+            // A stopped task is not queued (it ended).
+            if released && !d.is_ended() {
+                self.push_ready(d);
             }
-        }
-    }
-
-    /// Queues a task whose last upstream count was dropped (by
-    /// [`release_one`]), unless it ended meanwhile: a stopped task is not
-    /// queued. Stops take this lock, so the check holds until the push.
-    pub(crate) fn push_released(&mut self, d: Arc<TaskCell>) {
-        if !d.is_ended() {
-            self.push_ready(d);
         }
     }
 
@@ -693,75 +690,6 @@ pub(crate) fn link(registry: &Registry, cell: &Arc<TaskCell>, upstream: &Ids) ->
 /// re-queues at the new priority).
 fn is_live_entry(cell: &TaskCell, priority: i32) -> bool {
     cell.is_in_ready() && cell.priority() == priority
-}
-
-/// Drops one upstream count of `d` for its upstream task `seq`, which
-/// ended, giving it `result` (its end's order and result) if it completed.
-/// Returns `true` if that was the last count (invariant 2): the caller
-/// must then queue `d` ([`State::push_released`]). Takes `d`'s slot lock.
-pub(crate) fn release_one(d: &TaskCell, seq: u64, result: Option<(u64, &TaskResult)>) -> bool {
-    d.with_node(|dn| {
-        if dn.waiting_on == 0 {
-            return false; // ended (failed) or released already
-        }
-        if let Some((order, result)) = result {
-            dn.input.absorb(order, seq, result.clone());
-        }
-        dn.waiting_on -= 1;
-        dn.waiting_on == 0
-    })
-    .unwrap_or(false)
-}
-
-/// A graph task's end that decides no order (it completed with a result
-/// that is not `Kwargs`), made without the scheduler lock: see
-/// [`end_unordered`].
-pub(crate) struct UnorderedEnd {
-    /// Its event and group end, to announce before any release.
-    pub(crate) out: Outgoing,
-    /// Its live downstream tasks when it ended, to release after.
-    pub(crate) downstream: Cells,
-    /// Waiters to wake once no lock is held.
-    pub(crate) wakes: crate::cell::Wakes,
-    /// Its work slot, if the worker ran it without taking the slot (a task
-    /// without input, cell invariant 9): the work is gone, but dropping
-    /// this is `Job`'s business, once no lock is held.
-    pub(crate) job: Option<Job>,
-}
-
-/// Ends the promoted task `cell`, which completed with `outcome` (not
-/// ordered: see `Outcome::is_ordered`), without the scheduler lock; `n`
-/// is the fan-out read under the emit lock, which the caller holds until
-/// it has announced `out` (invariant 4). `None` if a stop ended it first:
-/// the stop owns its end and the release of its downstream tasks.
-///
-/// The caller then releases `downstream` with [`release_one`] (no lock
-/// but each one's slot lock) and queues the tasks released under the
-/// scheduler lock ([`State::push_released`]). The scheduler lock is not
-/// needed for the end itself: the cell's state decides between this end
-/// and a stop (one compare-and-swap wins); a failure
-/// cascade fails only blocked tasks, and this one ran; `link` meets the
-/// end under the cell's slot lock, as under the scheduler lock.
-pub(crate) fn end_unordered(
-    cell: &Arc<TaskCell>,
-    outcome: &Outcome,
-    n: usize,
-) -> Option<UnorderedEnd> {
-    debug_assert!(
-        !outcome.is_ordered(),
-        "an ordered end takes the scheduler lock"
-    );
-    let end = cell.end_linked(outcome, n, false)?;
-    debug_assert_eq!(end.order, 0, "an unordered end has no order");
-    Some(UnorderedEnd {
-        out: Outgoing {
-            cell: Some(Arc::clone(cell)),
-            event: n > 0,
-        },
-        downstream: end.downstream,
-        wakes: end.wakes,
-        job: end.job,
-    })
 }
 
 /// Builds the terminal event of `cell`'s task from its outcome, which it

@@ -200,9 +200,7 @@ impl Subscriber {
 /// 1. `subscribers` changes only while the scheduler lock is held too
 ///    (`subscribe`, `prune`, `clear`), so a graph transition can count the
 ///    copies of a terminal event (`fan_out`) when it decides the outcome and
-///    queue them later in the same critical section; a fast end and an
-///    unordered graph end (`state::end_unordered`) count and queue them
-///    under one hold of this lock instead. A subscription that was
+///    queue them later in the same critical section. A subscription that was
 ///    dropped stays in the list until pruned; a copy sent to it is dropped,
 ///    which settles its cell (cell invariant 3).
 ///

@@ -1,7 +1,5 @@
 //! Graph transitions: under the scheduler lock from several workers, and
-//! the submitter's lock-free `link` against a worker ending an upstream;
-//! an unordered end (`state::end_unordered`, no scheduler lock for the end
-//! and the release) against a stop and against `link`.
+//! the submitter's lock-free `link` against a worker ending an upstream.
 
 use loom::thread;
 
@@ -10,7 +8,7 @@ use crate::cell::{Outcome, TaskCell};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
 use crate::result::TaskResult;
-use crate::state::{end_unordered, link, new_node, release_one, Env, Ids, Linked, Mode, State};
+use crate::state::{link, new_node, Env, Ids, Linked, Mode, State};
 use crate::sync::{Arc, Mutex};
 
 /// Two workers finish the two upstream tasks of one task at the same time:
@@ -143,171 +141,5 @@ fn loom_link_vs_upstream_end() {
             input.kwargs.contains_key("from_up"),
             "the upstream result was lost"
         );
-    });
-}
-
-/// An upstream task (running) and one task after it, queued with one
-/// subscriber; returns the state, the upstream and the downstream cell.
-fn running_upstream_and_one_after() -> (Arc<Mutex<State>>, Arc<TaskCell>, Arc<TaskCell>) {
-    let registry = Mutex::new(Registry::default());
-    let fifo = crossbeam_queue::SegQueue::new();
-    let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
-    let (up, down) = {
-        let mut st = state.lock();
-        st.fan_out = 1;
-        let env = Env {
-            registry: &registry,
-        };
-        let after: Ids = [0].into_iter().collect();
-        let up: Arc<TaskCell> = Arc::new(TaskCell::new(
-            0,
-            0,
-            None,
-            never(),
-            None,
-            Some(new_node(None, &Ids::new())),
-        ));
-        let down: Arc<TaskCell> = Arc::new(TaskCell::new(
-            1,
-            0,
-            None,
-            never(),
-            None,
-            Some(new_node(None, &after)),
-        ));
-        assert!(st.insert(&env, &up, &Ids::new()).is_empty());
-        assert!(st.insert(&env, &down, &after).is_empty());
-        let running = st.pop_ready(&fifo).expect("the upstream task is ready");
-        assert!(Arc::ptr_eq(&running, &up));
-        assert!(running.take_work().is_some());
-        assert_eq!(st.queued, 0, "the downstream task waits");
-        (up, down)
-    };
-    (state, up, down)
-}
-
-/// The worker's side of `Shared::end_unordered`: the end (its event
-/// dropped here, which settles it), the release with no lock but the
-/// downstream slot locks, then queueing under the scheduler lock.
-/// Returns `true` if the end was this worker's (not a stop's).
-fn end_unlocked(state: &Mutex<State>, up: &Arc<TaskCell>) -> bool {
-    let outcome = Outcome::Completed(TaskResult::new(7u32));
-    let Some(end) = end_unordered(up, &outcome, 1) else {
-        return false;
-    };
-    let Outcome::Completed(result) = &outcome else {
-        unreachable!()
-    };
-    drop(end.out); // queued and delivered
-    let released: Vec<_> = end
-        .downstream
-        .into_iter()
-        .filter(|d| release_one(d, up.seq, Some((0, result))))
-        .collect();
-    let mut st = state.lock();
-    for d in released {
-        st.push_released(d);
-    }
-    true
-}
-
-/// A worker ends a task without the scheduler lock while a stop of that
-/// task runs under it: exactly one of them releases the task after it,
-/// which is queued exactly once, with the result only if the end won.
-#[test]
-fn loom_unordered_end_vs_stop() {
-    loom::model(|| {
-        let (state, up, down) = running_upstream_and_one_after();
-        let worker = {
-            let (state, up) = (Arc::clone(&state), Arc::clone(&up));
-            thread::spawn(move || end_unlocked(&state, &up))
-        };
-        let stopped = state.lock().stop(vec![Arc::clone(&up)], false, false);
-        let ended_by_worker = worker.join().unwrap();
-
-        let mut st = state.lock();
-        assert!(up.is_ended());
-        assert_eq!(st.queued, 1, "the downstream task is queued exactly once");
-        if !ended_by_worker {
-            assert_eq!(stopped.count, 1, "the stop that won counts the task");
-        } // else 1 if it came before the event was delivered, 0 after
-        let fifo = crossbeam_queue::SegQueue::new();
-        let next = st.pop_ready(&fifo).expect("the downstream task is ready");
-        assert!(Arc::ptr_eq(&next, &down));
-        let input = down.take_work().expect("it has its work");
-        let got = input.map_or(0, |i| i.upstream.len());
-        assert_eq!(
-            got,
-            usize::from(ended_by_worker),
-            "the result goes with the end that released it"
-        );
-    });
-}
-
-/// The submitter links a new task to an upstream that a worker ends
-/// without the scheduler lock: the new task becomes ready exactly once,
-/// with the upstream's result.
-#[test]
-fn loom_link_vs_unordered_end() {
-    loom::model(|| {
-        let registry = Arc::new(Mutex::new(Registry::default()));
-        let fifo = crossbeam_queue::SegQueue::new();
-        let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
-        let up = {
-            let mut st = state.lock();
-            st.fan_out = 1;
-            let env = Env {
-                registry: &registry,
-            };
-            let node = new_node(None, &Ids::new());
-            let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
-            assert!(st.insert(&env, &up, &Ids::new()).is_empty());
-            let running = st.pop_ready(&fifo).expect("the upstream task is ready");
-            assert!(running.take_work().is_some());
-            up
-        };
-        let (worker, event) = {
-            let (state, up) = (Arc::clone(&state), Arc::clone(&up));
-            let (tx, rx) = std::sync::mpsc::channel();
-            let worker = thread::spawn(move || {
-                let outcome = Outcome::Completed(TaskResult::new(7u32));
-                let end = end_unordered(&up, &outcome, 1).expect("nothing stops it");
-                let Outcome::Completed(result) = &outcome else {
-                    unreachable!()
-                };
-                // The event stays queued (live to the owner) while the link runs.
-                tx.send(end.out).unwrap();
-                let released: Vec<_> = end
-                    .downstream
-                    .into_iter()
-                    .filter(|d| release_one(d, up.seq, Some((0, result))))
-                    .collect();
-                let mut st = state.lock();
-                for d in released {
-                    st.push_released(d);
-                }
-            });
-            (worker, rx)
-        };
-        let upstream: Ids = [0].into_iter().collect();
-        let node = new_node(None, &upstream);
-        let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, Some(node)));
-        let linked = {
-            let mut registry = registry.lock();
-            registry.push(Arc::clone(&down));
-            link(&registry, &down, &upstream)
-        };
-        worker.join().unwrap();
-        drop(event.recv().unwrap()); // delivers it
-
-        let st = state.lock();
-        match linked {
-            Linked::Ready => assert_eq!(st.queued, 0, "released twice"),
-            Linked::Blocked => assert_eq!(st.queued, 1, "never released"),
-            Linked::Failed(_) => panic!("nothing failed"),
-        }
-        let input = down.take_work().expect("the task has its work");
-        let input = input.expect("it has input");
-        assert_eq!(input.upstream.len(), 1, "the upstream result was lost");
     });
 }
