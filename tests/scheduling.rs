@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, ThreadId};
+use std::time::{Duration, Instant};
 
 use bgtask::{Subscription, TaskContext, TaskId, TaskManager};
 use common::*;
@@ -143,6 +144,65 @@ fn with_one_worker_the_first_task_added_runs_first_even_if_a_higher_priority_tas
         gate.open();
         assert_eq!(
             take_ev(&sub, 3),
+            vec![
+                Ev::Done(first.id()),
+                Ev::Done(high.id()),
+                Ev::Done(mid.id())
+            ],
+            "round {round}"
+        );
+    }
+    assert_quiet(&m, &sub);
+}
+
+#[test]
+fn with_one_worker_a_task_added_right_after_a_graph_tasks_event_runs_first() {
+    // As above, but the last task of each round has an upstream task, so it
+    // ends through the graph, and the worker is held up right after it
+    // queues an event: the notifier (called on the worker once the event
+    // is visible, when it lands in a queue the owner found empty) keeps it
+    // busy for 2 ms. The worker must have decided what to do next before
+    // its task's event can be received, so the next round's first task,
+    // added at once, goes to it and starts first, even though a task of
+    // higher priority is added a moment later.
+    let m = manager(1);
+    let sub = m.subscribe();
+    m.set_notifier(|| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+    });
+    for round in 0..50 {
+        let gate = Gate::new();
+        let (first, first_rx) = add_blocker(&m, &gate);
+        let high = m.task().priority(10).spawn(noop).unwrap();
+        let mid = m
+            .task()
+            .priority(5)
+            .after([first.id()])
+            .spawn(noop)
+            .unwrap();
+        assert_eq!(
+            started(&first_rx),
+            first.id(),
+            "round {round}: the first task did not start at once"
+        );
+        gate.open();
+        // `try_recv` (which arms the notifier), until three events came.
+        let deadline = Instant::now() + TIMEOUT;
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match sub.try_recv() {
+                Ok(e) => got.push(ev(&e)),
+                Err(_) => assert!(
+                    Instant::now() < deadline,
+                    "round {round}: {got:?} within {TIMEOUT:?}"
+                ),
+            }
+        }
+        assert_eq!(
+            got,
             vec![
                 Ev::Done(first.id()),
                 Ev::Done(high.id()),
