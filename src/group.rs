@@ -6,7 +6,12 @@
 //!    finishing or by being stopped: cell invariant 1). It is raised when a
 //!    member is added and lowered by whoever ends the member. The party
 //!    that lowers it to 0 by *finishing* a member emits `GroupFinished`,
-//!    under the emit lock, right after that member's own event.
+//!    under the emit lock, right after that member's own event. A finished
+//!    member's count is lowered before its event is queued, in the same
+//!    hold of the emit lock: once the owner can see the event, the member
+//!    no longer counts, so a stop after that (of the group's other
+//!    members) cannot leave this member the last one and make its end
+//!    emit a `GroupFinished` (SPEC 5: stops never emit one).
 //! 3. `running` counts members a worker claimed and admitted and has not
 //!    finished with. With a `limit`, a claimed member is admitted only while
 //!    `running < limit`; otherwise it is unclaimed and *held* in `held`.

@@ -961,10 +961,12 @@ impl Shared {
             FastEnd::Finished => {
                 let kept = match &cell.group {
                     Some(g) => {
+                        // Before the event is visible (group invariant 1).
+                        let last = g.end_member();
                         if n > 0 {
                             em.emit(Envelope::terminal(Arc::clone(&cell)));
                         }
-                        if g.end_member() && n > 0 {
+                        if last && n > 0 {
                             em.emit(Envelope::group_finished(&cell));
                         }
                         Some(cell)

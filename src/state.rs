@@ -112,10 +112,12 @@ impl Outgoing {
             }
             return;
         };
+        // Before the event is visible (group invariant 1).
+        let last = g.end_member();
         if self.event {
             em.emit(Envelope::terminal(Arc::clone(&cell)));
         }
-        if g.end_member() && em.fan_out() > 0 {
+        if last && em.fan_out() > 0 {
             em.emit(Envelope::group_finished(&cell));
         }
     }

@@ -316,6 +316,48 @@ fn stopping_the_member_whose_end_finished_the_group_drops_group_finished() {
     assert_quiet(&m, &sub);
 }
 
+/// One worker, and 2,000 subscriptions besides `sub` that nobody drains:
+/// the worker queues each event to `sub` first, then to the others, so the
+/// owner sees a member's event while its worker is still busy with that
+/// member's end. In each round the owner stops the group's other member as
+/// soon as it sees the first one's event: that member was then live, so
+/// its stop, not the first member's end, ended the group, and nothing may
+/// follow (stops never emit `GroupFinished`). With `graph`, the first
+/// member has an upstream task, so it ends through the scheduler lock.
+fn stop_right_after_a_members_event(graph: bool) {
+    let m = manager(1);
+    let sub = m.subscribe();
+    let _others: Vec<_> = (0..2000).map(|_| m.subscribe()).collect();
+    for round in 0..50 {
+        let g = Group::from(format!("round {round}"));
+        let gate = Gate::new();
+        let (up, up_rx) = add_blocker(&m, &gate); // ungrouped: holds the worker
+        started(&up_rx);
+        let first = m.task().group(&g);
+        let first = if graph { first.after([&up]) } else { first };
+        let first = first.spawn(noop).unwrap().id();
+        let second = member(&m, &g); // queued behind `first`
+        gate.open();
+        assert_eq!(
+            take_ev(&sub, 2),
+            [Ev::Done(up.id()), Ev::Done(first)],
+            "round {round}"
+        );
+        assert_eq!(m.stop_task(second, false, false), 1, "round {round}");
+        assert_quiet(&m, &sub);
+    }
+}
+
+#[test]
+fn stopping_the_other_member_right_after_a_fast_members_event_emits_no_group_finished() {
+    stop_right_after_a_members_event(false);
+}
+
+#[test]
+fn stopping_the_other_member_right_after_a_graph_members_event_emits_no_group_finished() {
+    stop_right_after_a_members_event(true);
+}
+
 #[test]
 fn partly_stopped_group_finishes_when_last_live_member_completes() {
     // Queued members stopped; the others complete.
