@@ -7,11 +7,22 @@
 //! cargo bench --bench shapes -- chain 20000     # each after the previous
 //! cargo bench --bench shapes -- dag 20000       # layers of 1,000, each after 2
 //! cargo bench --bench shapes -- priority 100000 # random priorities, 1 worker
+//! cargo bench --bench shapes -- w3 100000       # W3 as the peers bench runs it
+//! cargo bench --bench shapes -- w3-split 100000 # W3's parts, one at a time
 //! valgrind --tool=callgrind target/release/deps/shapes-<hash> dag 20000
 //! ```
 //!
 //! It prints the time per task of the one run (not a benchmark: the
 //! figures to compare are in `cargo bench --bench peers`).
+//!
+//! `w3` and `w3-split` are for timing, not for callgrind: `w3` adds layers
+//! of 1,000 tasks, each after 2 random tasks of the previous layer, to a
+//! processing manager, then receives every event, as the peers bench's W3
+//! does, and prints the owner's and the workers' CPU time per task (from
+//! `/proc`, on Linux). `w3-split` runs the same graph in three separate
+//! steps: adding it while paused, running it (`start_processing` to
+//! `wait_idle`) while nobody receives, then receiving every event.
+//! `SHAPES_WORKERS=1` runs either with one worker.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -69,6 +80,121 @@ fn run(shape: &str, n: usize) -> Duration {
     elapsed
 }
 
+/// Upstream pairs of a W3-like graph of `n` tasks: layers of 1,000, each
+/// task after 2 distinct random tasks of the previous layer.
+fn w3_graph(n: usize) -> Vec<Option<[usize; 2]>> {
+    const WIDTH: u64 = 1000;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % m) as usize
+    };
+    (0..n)
+        .map(|i| {
+            let layer = i / WIDTH as usize;
+            (layer > 0).then(|| {
+                let base = (layer - 1) * WIDTH as usize;
+                let a = rnd(WIDTH);
+                let b = (a + 1 + rnd(WIDTH - 1)) % WIDTH as usize;
+                [base + a, base + b]
+            })
+        })
+        .collect()
+}
+
+/// Runs `w3` (`split` false) or `w3-split` with `n` tasks and prints what
+/// it measured.
+fn run_w3(n: usize, split: bool) {
+    let workers = std::env::var("SHAPES_WORKERS").map_or(2, |w| w.parse().expect("a worker count"));
+    let graph = w3_graph(n);
+    let manager = TaskManager::builder()
+        .max_threads(workers)
+        .start_processing(!split)
+        .build()
+        .expect("build a manager");
+    let events = manager.subscribe();
+    let mut ids: Vec<TaskId> = Vec::with_capacity(n);
+    let cpu_before = cpu_times();
+    let start = Instant::now();
+    for (i, up) in graph.iter().enumerate() {
+        let task = manager.task();
+        let task = match up {
+            Some([a, b]) => task.after([ids[*a], ids[*b]]),
+            None => task,
+        };
+        let handle = task
+            .spawn(move |_| Ok::<_, Infallible>(i as u32))
+            .expect("add a task");
+        ids.push(handle.id());
+    }
+    let added = start.elapsed();
+    if split {
+        manager.start_processing();
+        assert!(
+            manager.wait_idle(Duration::from_secs(60)),
+            "not idle within 60 s"
+        );
+    }
+    let ran = start.elapsed();
+    for _ in 0..n {
+        match events.recv_timeout(Duration::from_secs(60)) {
+            Ok(Event::Completed { .. }) => {}
+            Ok(other) => panic!("unexpected event {other:?}"),
+            Err(err) => panic!("no event within 60 s: {err}"),
+        }
+    }
+    let total = start.elapsed();
+    let cpu_after = cpu_times();
+    manager.shut_down();
+    let per = |d: Duration| d.as_nanos() as f64 / n as f64;
+    if split {
+        println!(
+            "w3-split, {workers} worker(s): {n} tasks; add while paused {:.0} ns, run {:.0} ns, receive {:.0} ns per task",
+            per(added),
+            per(ran - added),
+            per(total - ran)
+        );
+    } else {
+        println!(
+            "w3, {workers} worker(s): {n} tasks in {total:?} ({:.0} ns per task; adding {:.0} ns per task)",
+            per(total),
+            per(added)
+        );
+    }
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        println!(
+            "  CPU per task: owner {:.0} ns, workers {:.0} ns",
+            per(after.0.saturating_sub(before.0)),
+            per(after.1.saturating_sub(before.1))
+        );
+    }
+}
+
+/// CPU time so far of the calling thread and of the manager's workers,
+/// from `/proc/*/sched` (`None` where there is no such file).
+fn cpu_times() -> Option<(Duration, Duration)> {
+    let runtime = |path: &std::path::Path| -> Option<Duration> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("se.sum_exec_runtime"))?;
+        let ms: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+        Some(Duration::from_secs_f64(ms / 1e3))
+    };
+    let owner = runtime(std::path::Path::new("/proc/thread-self/sched"))?;
+    let mut workers = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.starts_with("bgtask-worker") {
+            workers += runtime(&dir.join("sched")).unwrap_or_default();
+        }
+    }
+    Some((owner, workers))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -78,6 +204,10 @@ fn main() {
     let n = args
         .get(1)
         .map_or(100_000, |s| s.parse().expect("a task count"));
+    if shape == "w3" || shape == "w3-split" {
+        run_w3(n, shape == "w3-split");
+        return;
+    }
     let elapsed = run(shape, n);
     println!(
         "{shape}: {n} tasks in {elapsed:?} ({:.0} ns per task)",
