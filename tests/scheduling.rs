@@ -120,6 +120,31 @@ fn a_task_blocked_on_its_upstream_never_holds_back_a_ready_task_of_lower_priorit
     assert_quiet(&m, &sub);
 }
 
+/// One round of the immediate-start checks on a 1-worker manager: adds a
+/// task that holds the worker, then, without waiting for it to start, one
+/// of priority 10 and one of priority 5 (after the first if `graph`).
+/// Checks that the first started first, lets it finish, and returns the
+/// three ids in the order their events must come.
+fn first_added_runs_first(m: &TaskManager, round: usize, graph: bool) -> Vec<Ev> {
+    let gate = Gate::new();
+    let (first, first_rx) = add_blocker(m, &gate);
+    let high = m.task().priority(10).spawn(noop).unwrap();
+    let mid = m.task().priority(5);
+    let mid = if graph { mid.after([first.id()]) } else { mid };
+    let mid = mid.spawn(noop).unwrap();
+    assert_eq!(
+        started(&first_rx),
+        first.id(),
+        "round {round}: the first task did not start at once"
+    );
+    gate.open();
+    vec![
+        Ev::Done(first.id()),
+        Ev::Done(high.id()),
+        Ev::Done(mid.id()),
+    ]
+}
+
 #[test]
 fn with_one_worker_the_first_task_added_runs_first_even_if_a_higher_priority_task_follows() {
     let m = manager(1);
@@ -131,26 +156,8 @@ fn with_one_worker_the_first_task_added_runs_first_even_if_a_higher_priority_tas
     // Several rounds: the first spawns the worker, later ones find it free
     // right after the previous round's events were received.
     for round in 0..50 {
-        let gate = Gate::new();
-        let (first, first_rx) = add_blocker(&m, &gate);
-        // Added a moment later, without waiting for the first to start.
-        let high = m.task().priority(10).spawn(noop).unwrap();
-        let mid = m.task().priority(5).spawn(noop).unwrap();
-        assert_eq!(
-            started(&first_rx),
-            first.id(),
-            "round {round}: the first task did not start at once"
-        );
-        gate.open();
-        assert_eq!(
-            take_ev(&sub, 3),
-            vec![
-                Ev::Done(first.id()),
-                Ev::Done(high.id()),
-                Ev::Done(mid.id())
-            ],
-            "round {round}"
-        );
+        let want = first_added_runs_first(&m, round, false);
+        assert_eq!(take_ev(&sub, 3), want, "round {round}");
     }
     assert_quiet(&m, &sub);
 }
@@ -174,21 +181,7 @@ fn with_one_worker_a_task_added_right_after_a_graph_tasks_event_runs_first() {
         }
     });
     for round in 0..50 {
-        let gate = Gate::new();
-        let (first, first_rx) = add_blocker(&m, &gate);
-        let high = m.task().priority(10).spawn(noop).unwrap();
-        let mid = m
-            .task()
-            .priority(5)
-            .after([first.id()])
-            .spawn(noop)
-            .unwrap();
-        assert_eq!(
-            started(&first_rx),
-            first.id(),
-            "round {round}: the first task did not start at once"
-        );
-        gate.open();
+        let want = first_added_runs_first(&m, round, true);
         // `try_recv` (which arms the notifier), until three events came.
         let deadline = Instant::now() + TIMEOUT;
         let mut got = Vec::new();
@@ -201,15 +194,7 @@ fn with_one_worker_a_task_added_right_after_a_graph_tasks_event_runs_first() {
                 ),
             }
         }
-        assert_eq!(
-            got,
-            vec![
-                Ev::Done(first.id()),
-                Ev::Done(high.id()),
-                Ev::Done(mid.id())
-            ],
-            "round {round}"
-        );
+        assert_eq!(got, want, "round {round}");
     }
     assert_quiet(&m, &sub);
 }
