@@ -96,8 +96,9 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    /// Queues the event, then ends the task's group membership, emitting
-    /// `GroupFinished` right after it if it was the last (emit lock held).
+    /// Ends the task's group membership, then queues its event and, if it
+    /// was the group's last live member, `GroupFinished` right after it
+    /// (emit lock held; group invariant 1).
     ///
     /// For a task in no group, queueing the event is the last this thread
     /// does with the cell: its reference moves into the envelope, so the
@@ -469,9 +470,11 @@ impl State {
             jobs.push(job);
         }
         let (downstream, order) = (end.downstream, end.order);
-        // The group's count is lowered when the event is queued, under the
-        // emit lock, as on the fast path (group invariant 1): so a
-        // `GroupFinished` never overtakes a member's event.
+        // The group's count is lowered when the event is queued, just
+        // before it in the same hold of the emit lock, as on the fast path
+        // (group invariant 1): so a `GroupFinished` never overtakes a
+        // member's event, and a stop that comes after the event was seen
+        // never leaves this member the last one.
         self.out.push(Outgoing {
             cell: Some(Arc::clone(cell)),
             event: n > 0,
