@@ -201,15 +201,7 @@ impl Drop for Notify<'_> {
 /// Calls the notifier if an event landed in an empty queue (no lock held).
 #[cold]
 fn notify_if_due(emitter: &Mutex<Emitter>) {
-    unlock_and_notify(emitter.lock());
-}
-
-/// Releases the emit lock, then calls the notifier if an event landed in an
-/// empty queue while it was held (the notifier is user code: no lock may be
-/// held).
-fn unlock_and_notify(mut em: MutexGuard<'_, Emitter>) {
-    let notifier = em.take_notify();
-    drop(em);
+    let notifier = emitter.lock().take_notify();
     if let Some(n) = notifier {
         // A panicking notifier must not take the worker down (SPEC 7).
         unwind::contain(|| n());
@@ -244,7 +236,14 @@ impl Announce<'_> {
                 end.announce(&mut em);
             }
             em.deferred = ends; // keeps its capacity
-            unlock_and_notify(em);
+                                // The notifier, if an event landed in an empty queue, once the
+                                // emit lock is released (it is user code).
+            let notifier = em.take_notify();
+            drop(em);
+            if let Some(n) = notifier {
+                // A panicking notifier must not take the worker down (SPEC 7).
+                unwind::contain(|| n());
+            }
         }
     }
 }
@@ -1067,7 +1066,11 @@ impl Shared {
     pub(crate) fn report_progress(&self, cell: &Arc<TaskCell>, fraction: f32, message: String) {
         let mut em = self.emitter.lock();
         em.progress(cell, fraction, message);
-        unlock_and_notify(em);
+        let notifier = em.take_notify();
+        drop(em);
+        if let Some(n) = notifier {
+            unwind::contain(|| n());
+        }
     }
 
     /// Shuts down; joins workers if `join` (skipping the calling thread if
