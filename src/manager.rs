@@ -236,8 +236,9 @@ impl Announce<'_> {
                 end.announce(&mut em);
             }
             em.deferred = ends; // keeps its capacity
-                                // The notifier, if an event landed in an empty queue, once the
-                                // emit lock is released (it is user code).
+
+            // The notifier, if an event landed in an empty queue, once the
+            // emit lock is released (it is user code).
             let notifier = em.take_notify();
             drop(em);
             if let Some(n) = notifier {
