@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use cap::Cap;
 
-use checks::{Graph, Rng};
+use checks::{DagCheck, Graph, Rng};
 use pools::Contender;
 use report::{fmt_duration, median, print_table, quantile, Headline, Timing};
 
@@ -202,9 +202,10 @@ fn w1(cfg: &Config, headline: &mut Headline) {
 
 /// Times `graph` on every contender.
 fn run_graph(cfg: &Config, graph: &Arc<Graph>) -> Vec<Timing> {
+    let check = DagCheck::leaked(Arc::clone(graph));
     cfg.time_all(|who| match who {
-        Contender::Bgtask => bg::dag(graph),
-        peer => peer_runs::dag(peer, graph),
+        Contender::Bgtask => bg::dag(check),
+        peer => peer_runs::dag(peer, check),
     })
 }
 

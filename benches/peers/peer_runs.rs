@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use crate::checks::{DagCheck, Graph, OrderCheck, RunCount, Tally, HANG};
+use crate::checks::{DagCheck, OrderCheck, RunCount, Tally, HANG};
 use crate::pools::{Contender, Job, Pool, Spawner};
 use crate::sys::{idle_cpu_percent, Rendezvous};
 use crate::{Latencies, MemoryUse, StopTimes};
@@ -43,7 +43,7 @@ pub(crate) fn independent(kind: Contender, n: usize) -> Duration {
 /// A dependency graph being run on a peer: remaining-upstream counters, and
 /// a finishing task submits the downstream tasks whose counter reaches zero.
 struct PeerDag {
-    check: Arc<DagCheck>,
+    check: &'static DagCheck,
     down_offsets: Vec<u32>,
     down: Vec<u32>,
     remaining: Vec<AtomicU32>,
@@ -67,16 +67,17 @@ impl PeerDag {
 }
 
 /// W2 and W3: the tasks of `graph` on 2 workers, each after its upstream.
-pub(crate) fn dag(kind: Contender, graph: &Arc<Graph>) -> Duration {
+pub(crate) fn dag(kind: Contender, check: &'static DagCheck) -> Duration {
+    let graph = check.graph();
+    check.reset();
     let pool = Pool::new(kind, 2);
     let (outcomes, results) = unbounded::<u32>();
-    let check = Arc::new(DagCheck::new(Arc::clone(graph)));
     let mut tally = Tally::new(kind.name(), graph.len());
 
     let start = Instant::now();
     let (down_offsets, down, remaining) = graph.downstream();
     let dag = Arc::new(PeerDag {
-        check: Arc::clone(&check),
+        check,
         down_offsets,
         down,
         remaining,
