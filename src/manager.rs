@@ -89,6 +89,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
+use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
 use crate::builder::Builder;
@@ -402,24 +403,36 @@ struct Next {
 }
 
 /// What all clones of a manager and its workers share.
+///
+/// # Layout
+///
+/// The owner adds tasks (registry lock, sequence counter, the FIFO's tail,
+/// the inbox) while the workers end them (scheduler lock, emit lock, the
+/// hint, the FIFO's head). Each of those sits on cache lines of its own
+/// (`CachePadded`; the FIFO pads its two ends itself), so that one side's
+/// writes do not invalidate the line the other side is about to use.
+/// Packed together, the registry's lock shared a line with the emit lock
+/// and the sequence counter one with the hint, and adding a task missed on
+/// lines that a worker ending another had just written (BENCHMARKS.md,
+/// item 34). The other fields are read far more often than written.
 pub(crate) struct Shared {
     /// The scheduler state: graph, locked ready queue, workers.
-    state: Mutex<State>,
+    state: CachePadded<Mutex<State>>,
     /// Ready fast tasks of priority 0, in id order (module docs).
     fifo: SegQueue<Arc<TaskCell>>,
     /// Ready tasks of other priorities than 0, waiting for the scheduler
     /// lock to enter the locked ready queue (module docs).
-    inbox: Inbox,
+    inbox: CachePadded<Inbox>,
     /// Fast tasks by id.
-    registry: Mutex<Registry>,
+    registry: CachePadded<Mutex<Registry>>,
     /// Subscriptions and notifier: the emit lock.
-    emitter: Mutex<Emitter>,
+    emitter: CachePadded<Mutex<Emitter>>,
     /// Groups in use.
     groups: GroupTable,
     /// Best priority in the locked ready queue, or `NOTHING_LOCKED`.
-    hint: AtomicI64,
+    hint: CachePadded<AtomicI64>,
     /// Mirror of `State::idle.len()` (race 1).
-    idle_workers: AtomicUsize,
+    idle_workers: CachePadded<AtomicUsize>,
     /// Mirror of "fewer workers than `max_threads`".
     can_spawn: AtomicBool,
     /// Mirror of `mode == Processing`.
@@ -430,7 +443,7 @@ pub(crate) struct Shared {
     /// Set by shut-down; subscriptions check it before delivering.
     pub(crate) closed: Arc<AtomicBool>,
     /// Next task sequence number.
-    next_seq: AtomicU64,
+    next_seq: CachePadded<AtomicU64>,
     /// Next number handed out by `next_group_id`.
     next_group: AtomicU64,
     /// This manager's process-unique id (part of every `TaskId`).
@@ -579,7 +592,7 @@ impl Shared {
             }
         }
         if drained > 0 {
-            store_if_changed(&self.hint, st.guard.best_priority());
+            store_if_changed(&*self.hint, st.guard.best_priority());
             self.inbox.len.fetch_sub(drained, Ordering::SeqCst);
         }
     }
@@ -649,7 +662,7 @@ impl Shared {
         // (A stop that came first took the scheduler lock and found it
         // queued nowhere; it must not be queued now.)
         if guard.push_arrival(Arc::clone(cell)) {
-            store_if_changed(&self.hint, guard.best_priority());
+            store_if_changed(&*self.hint, guard.best_priority());
         }
         true
     }
@@ -681,7 +694,7 @@ impl Shared {
                 slot.signal.notify_one();
             }
         }
-        store_if_changed(&self.idle_workers, st.idle.len());
+        store_if_changed(&*self.idle_workers, st.idle.len());
         let max = self.max_threads.load(Ordering::SeqCst);
         if self.can_spawn.load(Ordering::Relaxed) != (st.alive < max) {
             self.can_spawn.store(st.alive < max, Ordering::SeqCst);
@@ -804,7 +817,7 @@ impl Shared {
                 }
                 if self.inbox.is_empty() {
                     let picked = guard.pop_ready(&self.fifo);
-                    store_if_changed(&self.hint, guard.best_priority());
+                    store_if_changed(&*self.hint, guard.best_priority());
                     return picked;
                 }
             }
@@ -1180,19 +1193,19 @@ impl TaskManager {
         };
         let manager_id = NEXT_MANAGER.fetch_add(1, Ordering::Relaxed);
         let shared = Shared {
-            state: Mutex::new(State::new(mode)),
+            state: CachePadded::new(Mutex::new(State::new(mode))),
             fifo: SegQueue::new(),
-            inbox: Inbox::default(),
-            registry: Mutex::new(Registry::default()),
-            emitter: Mutex::new(Emitter::default()),
+            inbox: CachePadded::default(),
+            registry: CachePadded::new(Mutex::new(Registry::default())),
+            emitter: CachePadded::new(Mutex::new(Emitter::default())),
             groups: GroupTable::default(),
-            hint: AtomicI64::new(NOTHING_LOCKED),
+            hint: CachePadded::new(AtomicI64::new(NOTHING_LOCKED)),
             idle_waiters: AtomicUsize::new(0),
-            idle_workers: AtomicUsize::new(0),
+            idle_workers: CachePadded::new(AtomicUsize::new(0)),
             can_spawn: AtomicBool::new(true),
             processing: AtomicBool::new(b.start_processing),
             closed: Arc::new(AtomicBool::new(false)),
-            next_seq: AtomicU64::new(0),
+            next_seq: CachePadded::new(AtomicU64::new(0)),
             next_group: AtomicU64::new(0),
             manager_id,
             idle_cv: Condvar::new(),
