@@ -402,6 +402,60 @@ struct Next {
     passes_busy: bool,
 }
 
+/// How many times a worker whose graph end is queued looks at the
+/// scheduler lock (spinning [`COMBINE_SPIN`] times between looks while it is
+/// taken) before it waits for the lock like any other thread.
+const COMBINE_TRIES: u32 = 200;
+
+/// Spins between two looks at the scheduler lock (see [`COMBINE_TRIES`]).
+const COMBINE_SPIN: u32 = 32;
+
+/// What `end_in_graph` hands back to the worker that ran the task: its
+/// next task, and the cell if the worker still needs it.
+type Ended = (Next, Option<Arc<TaskCell>>);
+
+/// A graph end queued for whoever holds the scheduler lock next (see
+/// [`Shared::end_in_graph`]).
+struct QueuedEnd {
+    /// The task, run by worker `w`.
+    cell: Arc<TaskCell>,
+    /// How it ended.
+    outcome: Outcome,
+    /// The worker that ran it, which waits for `reply`.
+    w: usize,
+    /// Where the decision goes.
+    reply: Arc<Handoff>,
+}
+
+/// A worker's mailbox for the decision on its queued graph end: written
+/// once per end by the worker that decided it, after the end's events are
+/// queued; read by the worker that ran the task, which waits for it.
+#[derive(Default)]
+pub(crate) struct Handoff {
+    /// `true` while `slot` holds a decision not yet taken.
+    ready: AtomicBool,
+    /// The decision.
+    slot: Mutex<Option<Ended>>,
+}
+
+impl Handoff {
+    /// Delivers a decision (the owner of the mailbox has one end queued at
+    /// most, so the slot is empty).
+    fn put(&self, ended: Ended) {
+        *self.slot.lock() = Some(ended);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Takes the decision, if it arrived.
+    fn take(&self) -> Option<Ended> {
+        if !self.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        self.ready.store(false, Ordering::Relaxed);
+        self.slot.lock().take()
+    }
+}
+
 /// What all clones of a manager and its workers share.
 ///
 /// # Layout
@@ -423,6 +477,9 @@ pub(crate) struct Shared {
     /// Ready tasks of other priorities than 0, waiting for the scheduler
     /// lock to enter the locked ready queue (module docs).
     inbox: CachePadded<Inbox>,
+    /// Ends of graph tasks waiting for the scheduler lock, decided by the
+    /// next worker that holds it (see `end_in_graph`).
+    ends: SegQueue<QueuedEnd>,
     /// Fast tasks by id.
     registry: CachePadded<Mutex<Registry>>,
     /// Subscriptions and notifier: the emit lock.
@@ -464,8 +521,18 @@ impl Shared {
     /// Takes the scheduler lock and applies the inbox, so that every
     /// decision made under the lock sees every task added before it.
     pub(crate) fn lock(&self) -> Locked<'_> {
+        self.locked(self.state.lock())
+    }
+
+    /// [`lock`](Self::lock) if the scheduler lock is free now.
+    fn try_lock(&self) -> Option<Locked<'_>> {
+        self.state.try_lock().map(|guard| self.locked(guard))
+    }
+
+    /// Wraps the held scheduler lock and applies the inbox (see `lock`).
+    fn locked<'a>(&'a self, guard: MutexGuard<'a, State>) -> Locked<'a> {
         let mut st = Locked {
-            guard: self.state.lock(),
+            guard,
             announce: Announce(None),
             hint: &self.hint,
             garbage: Garbage::default(),
@@ -882,6 +949,7 @@ impl Shared {
         cell: Arc<TaskCell>,
         w: usize,
         busy: &AtomicUsize,
+        handoff: &Arc<Handoff>,
     ) -> Option<Arc<TaskCell>> {
         // A task without input needs no slot lock to start (cell invariant 9).
         let input = if cell.has_input() {
@@ -911,7 +979,7 @@ impl Shared {
         };
         span.end(&outcome, cell.is_stopped());
         let (next, cell) = if cell.is_promoted() {
-            self.end_in_graph(cell, outcome, Some(w))
+            self.end_in_graph_combined(cell, outcome, w, handoff)
         } else {
             let next = self.next_or_idle(w);
             (next, self.end_fast(cell, outcome))
@@ -1030,8 +1098,125 @@ impl Shared {
         cell: Arc<TaskCell>,
         outcome: Outcome,
         worker: Option<usize>,
-    ) -> (Next, Option<Arc<TaskCell>>) {
+    ) -> Ended {
         let mut st = self.lock();
+        let ended = self.end_one(&mut st, cell, outcome, worker);
+        self.dispatch(&mut st);
+        ended
+    }
+
+    /// Ends graph task `cell`, run by worker `w`, as [`end_in_graph`]
+    /// does, combined with other workers' ends while the scheduler lock is
+    /// taken.
+    ///
+    /// Two workers ending graph tasks back to back would otherwise take
+    /// turns on the scheduler lock, each pulling the lock, the ready queue
+    /// and the cells the other just wrote across to its own core, and
+    /// waiting (spinning, then parking) while the other holds it. Instead,
+    /// a worker that finds the lock taken queues its end in `ends` and
+    /// waits for the decision in its `handoff`; whoever takes the lock for
+    /// an end next decides every queued end in its critical section, one
+    /// after the other, exactly as if each worker had taken the lock in
+    /// turn: the end's events, then that worker's next task or its going
+    /// idle, all decided before the section's events are queued (the
+    /// immediate-start rule, see `run_task`).
+    ///
+    /// Invariants: a queued end is popped only under the scheduler lock,
+    /// and whoever pops it decides it in that critical section and delivers
+    /// the decision once the section's events are queued, so the waiting
+    /// worker lowers its `busy` count (when it has no next task) only after
+    /// its task's events can be received (race 2). The waiting worker tries
+    /// the lock itself until the decision arrives, so an end queued just
+    /// after a decider's last pop is decided by the next holder at the
+    /// latest, which is then the waiting worker.
+    ///
+    /// [`end_in_graph`]: Self::end_in_graph
+    fn end_in_graph_combined(
+        self: &Arc<Self>,
+        cell: Arc<TaskCell>,
+        outcome: Outcome,
+        w: usize,
+        handoff: &Arc<Handoff>,
+    ) -> Ended {
+        if let Some(st) = self.try_lock() {
+            return self
+                .decide_ends(st, Some((cell, outcome, w)), handoff)
+                .expect("its own end is decided first");
+        }
+        self.ends.push(QueuedEnd {
+            cell,
+            outcome,
+            w,
+            reply: Arc::clone(handoff),
+        });
+        let mut tries = 0u32;
+        loop {
+            if let Some(ended) = handoff.take() {
+                return ended;
+            }
+            // Look before trying: a failed try writes the lock's line,
+            // which its holder needs back to release it.
+            let st = if tries < COMBINE_TRIES {
+                tries += 1;
+                if self.state.is_locked() {
+                    for _ in 0..COMBINE_SPIN {
+                        std::hint::spin_loop();
+                    }
+                    continue;
+                }
+                self.try_lock()
+            } else {
+                Some(self.lock())
+            };
+            if let Some(st) = st {
+                if let Some(ended) = self.decide_ends(st, None, handoff) {
+                    return ended;
+                }
+                // Popped by a decider that released the lock just before:
+                // its decision is on the way.
+                tries = 0;
+            }
+        }
+    }
+
+    /// Decides `own` (the caller's end, if not queued) and then every
+    /// queued end, in the held critical section `st`, which it then
+    /// releases, queueing the events; then delivers the decisions of other
+    /// workers' ends. Returns the decision on the caller's end, whose
+    /// mailbox is `handoff`, if this call decided it.
+    fn decide_ends(
+        self: &Arc<Self>,
+        mut st: Locked<'_>,
+        own: Option<(Arc<TaskCell>, Outcome, usize)>,
+        handoff: &Arc<Handoff>,
+    ) -> Option<Ended> {
+        let mut mine = own.map(|(cell, outcome, w)| self.end_one(&mut st, cell, outcome, Some(w)));
+        let mut others: SmallVec<[(Arc<Handoff>, Ended); 2]> = SmallVec::new();
+        while let Some(end) = self.ends.pop() {
+            let ended = self.end_one(&mut st, end.cell, end.outcome, Some(end.w));
+            if Arc::ptr_eq(&end.reply, handoff) {
+                mine = Some(ended);
+            } else {
+                others.push((end.reply, ended));
+            }
+        }
+        self.dispatch(&mut st);
+        drop(st); // queues the events (and calls the notifier, if due)
+        for (reply, ended) in others {
+            reply.put(ended);
+        }
+        mine
+    }
+
+    /// The end of `end_in_graph`, in a held critical section (dispatch
+    /// left to the caller).
+    fn end_one(
+        self: &Arc<Self>,
+        st: &mut Locked<'_>,
+        cell: Arc<TaskCell>,
+        outcome: Outcome,
+        worker: Option<usize>,
+    ) -> Ended {
         if outcome.is_ordered() {
             // Its end order is decided here (`hold_emit`). Other ends decide
             // none, and take the emit lock only when the scheduler lock is
@@ -1055,11 +1240,10 @@ impl Shared {
             if next.task.is_some() {
                 next.passes_busy = true; // picked by this worker (see `run_task`)
             } else {
-                self.go_idle(&mut st, w);
+                self.go_idle(st, w);
                 next.task = st.workers[w].assigned.take();
             }
         }
-        self.dispatch(&mut st);
         (next, cell)
     }
 
@@ -1195,6 +1379,7 @@ impl TaskManager {
         let shared = Shared {
             state: CachePadded::new(Mutex::new(State::new(mode))),
             fifo: SegQueue::new(),
+            ends: SegQueue::new(),
             inbox: CachePadded::default(),
             registry: CachePadded::new(Mutex::new(Registry::default())),
             emitter: CachePadded::new(Mutex::new(Emitter::default())),

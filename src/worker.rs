@@ -7,7 +7,7 @@
 //! dispatcher assigns to it (already claimed), so a task is never run by
 //! two workers and a worker is woken only to run a task or to exit.
 
-use crate::manager::Shared;
+use crate::manager::{Handoff, Shared};
 use crate::state::Mode;
 use std::time::{Duration, Instant};
 
@@ -35,10 +35,13 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
     // This worker's own busy count (manager race 2); its slot exists by
     // now (the spawner pushed it under the lock this first lock waits for).
     let busy = Arc::clone(&shared.lock().workers[w].busy);
+    // Where the decision on a graph end this worker queued arrives
+    // (`Shared::end_in_graph_combined`).
+    let handoff = Arc::new(Handoff::default());
     let mut task = None;
     loop {
         if let Some(cell) = task.take() {
-            task = shared.run_task(cell, w, &busy);
+            task = shared.run_task(cell, w, &busy, &handoff);
             continue;
         }
         // Spins once per idle period before sleeping (see `linger`), and
