@@ -402,13 +402,15 @@ struct Next {
     passes_busy: bool,
 }
 
-/// How many times a worker whose graph end is queued looks at the
-/// scheduler lock (spinning [`COMBINE_SPIN`] times between looks while it is
-/// taken) before it waits for the lock like any other thread.
-const COMBINE_TRIES: u32 = 200;
+/// How many times a worker whose graph end is queued looks at the taken
+/// scheduler lock, spinning briefly in between, before it yields its core
+/// between looks (a decision takes a critical section, about a
+/// microsecond).
+const COMBINE_SPINS: u32 = 16;
 
-/// Spins between two looks at the scheduler lock (see [`COMBINE_TRIES`]).
-const COMBINE_SPIN: u32 = 32;
+/// How many looks, counting the spinning ones, before the worker waits for
+/// the lock like any other thread.
+const COMBINE_YIELDS: u32 = 64;
 
 /// What `end_in_graph` hands back to the worker that ran the task: its
 /// next task, and the cell if the worker still needs it.
@@ -1154,17 +1156,21 @@ impl Shared {
             if let Some(ended) = handoff.take() {
                 return ended;
             }
+            tries += 1;
             // Look before trying: a failed try writes the lock's line,
             // which its holder needs back to release it.
-            let st = if tries < COMBINE_TRIES {
-                tries += 1;
-                if self.state.is_locked() {
-                    for _ in 0..COMBINE_SPIN {
-                        std::hint::spin_loop();
-                    }
-                    continue;
-                }
+            let st = if !self.state.is_locked() {
                 self.try_lock()
+            } else if tries <= COMBINE_SPINS {
+                for _ in 0..4 {
+                    std::hint::spin_loop();
+                }
+                None
+            } else if tries <= COMBINE_YIELDS {
+                // The decider may have lost its core (more threads than
+                // cores): let it run.
+                std::thread::yield_now();
+                None
             } else {
                 Some(self.lock())
             };
