@@ -201,6 +201,73 @@ fn upstream_completed_comes_before_any_downstream_event() {
     }
 }
 
+/// No-op graph tasks on several workers end back to back, so most of
+/// their ends find the scheduler lock taken and are decided by another
+/// worker on their behalf. Nothing may change for the owner: every task
+/// completes once, with its own result, after its upstream tasks' events;
+/// and once `wait_idle` returns, every event is already in the queue.
+#[test]
+fn graph_ends_decided_by_another_worker_keep_every_event_and_its_order() {
+    const LAYERS: usize = 30;
+    const WIDTH: usize = 40;
+    let mut rng = Lcg(7);
+    for round in 0..10 {
+        let m = paused(4);
+        let sub = m.subscribe();
+        let mut ids: Vec<TaskId> = Vec::new();
+        let mut edges: Vec<(TaskId, TaskId)> = Vec::new();
+        for i in 0..LAYERS * WIDTH {
+            let ups: Vec<TaskId> = if i < WIDTH {
+                Vec::new()
+            } else {
+                let base = (i / WIDTH - 1) * WIDTH;
+                vec![ids[base + rng.next(WIDTH)], ids[base + rng.next(WIDTH)]]
+            };
+            let id = m
+                .task()
+                .after(ups.clone())
+                .spawn(move |_: &TaskContext| Ok::<_, Infallible>(i))
+                .unwrap()
+                .id();
+            edges.extend(ups.into_iter().map(|u| (u, id)));
+            ids.push(id);
+        }
+        m.start_processing();
+        assert!(m.wait_idle(TIMEOUT), "round {round}: not idle in time");
+        // Idle means every task's event is queued (manager race 2).
+        let events: Vec<Event> = sub.try_iter().collect();
+        assert_eq!(
+            events.len(),
+            ids.len(),
+            "round {round}: events queued when idle"
+        );
+        let index: HashMap<TaskId, usize> =
+            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut pos = HashMap::new();
+        for (at, e) in events.iter().enumerate() {
+            let Event::Completed { id, result, .. } = e else {
+                panic!("round {round}: unexpected {e:?}");
+            };
+            assert_eq!(
+                result.downcast_ref::<usize>(),
+                Some(&index[id]),
+                "round {round}: its own result"
+            );
+            assert!(
+                pos.insert(*id, at).is_none(),
+                "round {round}: two events for {id:?}"
+            );
+        }
+        for (up, down) in &edges {
+            assert!(
+                pos[up] < pos[down],
+                "round {round}: upstream {up:?} after downstream {down:?}"
+            );
+        }
+        assert_quiet(&m, &sub);
+    }
+}
+
 #[test]
 fn upstream_failed_comes_before_downstream_failed() {
     let m = manager(4);
