@@ -158,27 +158,31 @@ impl MirrorAtomic for AtomicI64 {
     }
 }
 
-/// Jobs to drop, and waiters to wake, once the lock is released (a
-/// job's captures' `Drop` and a waker are user code).
+/// Jobs and outcomes to drop, and waiters to wake, once the lock is
+/// released (a job's captures' `Drop`, a result's `Drop` and a waker are
+/// user code).
 #[derive(Default)]
-pub(crate) struct Garbage(Vec<Job>, Vec<Waiter>);
+pub(crate) struct Garbage(Vec<Job>, Vec<Waiter>, Vec<Outcome>);
 
 impl Drop for Garbage {
     #[inline]
     fn drop(&mut self) {
         // Empty on almost every release of the lock.
-        if !self.0.is_empty() || !self.1.is_empty() {
+        if !self.0.is_empty() || !self.1.is_empty() || !self.2.is_empty() {
             self.dispose();
         }
     }
 }
 
 impl Garbage {
-    /// Drops the jobs and wakes the waiters.
+    /// Drops the jobs and outcomes and wakes the waiters.
     #[cold]
     fn dispose(&mut self) {
         for job in self.0.drain(..) {
             unwind::contain(move || drop(job));
+        }
+        for outcome in self.2.drain(..) {
+            unwind::contain(move || drop(outcome));
         }
         if !self.1.is_empty() {
             let wakes = std::mem::take(&mut self.1);
@@ -277,7 +281,10 @@ impl Locked<'_> {
 
     /// Returns `true` if work is owed for when the lock is released.
     pub(crate) fn has_deferred(&self) -> bool {
-        !self.garbage.0.is_empty() || self.notify.0.is_some() || !self.guard.out.is_empty()
+        !self.garbage.0.is_empty()
+            || !self.garbage.2.is_empty()
+            || self.notify.0.is_some()
+            || !self.guard.out.is_empty()
     }
 }
 
@@ -1232,8 +1239,18 @@ impl Shared {
             // waits for.
             st.hold_emit();
         }
-        let jobs = st.finish(&cell, outcome);
-        st.discard(jobs);
+        if cell.is_stopped() {
+            // Stopped while it ran (stable under this lock: only stops set
+            // it): its outcome is dropped, and the stop released its
+            // downstream tasks. Its result may hold the last reference to a
+            // value with a `Drop` of its own: dropped unlocked, like jobs,
+            // so that no user code runs in the critical section, which may
+            // be deciding other workers' ends (`decide_ends`).
+            st.garbage.2.push(outcome);
+        } else {
+            let jobs = st.finish(&cell, outcome);
+            st.discard(jobs);
+        }
         let cell = cell.group.is_some().then_some(cell);
         let mut next = Next {
             task: None,

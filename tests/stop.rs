@@ -689,3 +689,64 @@ fn no_stale_events_when_stops_race_a_draining_subscriber() {
     assert!(delivered.iter().all(|id| stops.contains_key(id)));
     assert!(m.wait_idle(TIMEOUT), "manager did not become idle");
 }
+
+/// A task result whose `Drop` panics (user code the manager must contain).
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            panic!("a result that panics when dropped");
+        }
+    }
+}
+
+/// A graph task stopped while it runs has its result dropped by the
+/// manager when it ends. That `Drop` is user code: it must run outside the
+/// scheduler lock and be contained, so a panic in it takes no worker down
+/// and leaves no other worker waiting for a decision on its own end.
+#[test]
+fn a_stopped_graph_tasks_result_that_panics_when_dropped_breaks_nothing() {
+    let m = manager(2);
+    let sub = m.subscribe();
+    let gate = Gate::new();
+    let (a, a_started) = spawn_blocker(m.task(), &gate, PanicsWhenDropped);
+    // A task after `a` makes `a` a graph task (its end takes the graph path).
+    let b = m
+        .task()
+        .after([a.id()])
+        .spawn(|_: &TaskContext| Ok::<_, Infallible>(2u32))
+        .unwrap();
+    started(&a_started);
+    assert_eq!(m.stop_task(a.id(), false, false), 1);
+    // Released without `a`'s result, `b` runs on the other worker.
+    assert_eq!(*done(&b), 2);
+    gate.open();
+    assert!(matches!(
+        a.wait_timeout(TIMEOUT),
+        Some(Err(bgtask::TaskError::Stopped))
+    ));
+    // Both workers still take tasks: two blockers start at once.
+    let gate2 = Gate::new();
+    let (h1, rx1) = add_blocker(&m, &gate2);
+    let (h2, rx2) = add_blocker(&m, &gate2);
+    started(&rx1);
+    started(&rx2);
+    gate2.open();
+    done(&h1);
+    done(&h2);
+    // And graph tasks keep ending normally.
+    let mut last = m
+        .add_task(|_: &TaskContext| Ok::<_, Infallible>(0u32))
+        .unwrap();
+    for i in 1..50u32 {
+        last = m
+            .task()
+            .after([last.id()])
+            .spawn(move |_: &TaskContext| Ok::<_, Infallible>(i))
+            .unwrap();
+    }
+    assert_eq!(*done(&last), 49);
+    assert!(m.wait_idle(TIMEOUT));
+    drop(sub);
+}
