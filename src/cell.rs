@@ -846,11 +846,19 @@ impl TaskCell {
         self.outcome().filter(|_| !self.is_stopped())
     }
 
-    /// Drops a kept outcome (the task was stopped, or nobody will read it).
-    pub(crate) fn clear_outcome(&self) {
+    /// Takes a kept outcome out of the cell (the task was stopped, or nobody
+    /// will read it), for the caller to drop once it holds no lock: its
+    /// result may hold the last reference to a value whose `Drop` is user
+    /// code.
+    #[must_use = "the outcome must be dropped after the locks are released"]
+    pub(crate) fn clear_outcome(&self) -> Option<Outcome> {
         let mut slot = self.payload.lock();
-        if matches!(slot.work, Payload::Done(..)) {
-            slot.work = Payload::Empty;
+        if !matches!(slot.work, Payload::Done(..)) {
+            return None;
+        }
+        match std::mem::replace(&mut slot.work, Payload::Empty) {
+            Payload::Done(outcome, _) => Some(outcome),
+            _ => unreachable!("matched above"),
         }
     }
 }

@@ -279,6 +279,13 @@ impl Locked<'_> {
         self.garbage.0.extend(jobs);
     }
 
+    /// Queues what a stop took (jobs, outcomes) to be dropped after
+    /// unlocking.
+    pub(crate) fn discard_stopped(&mut self, stopped: state::Stopped) {
+        self.garbage.0.extend(stopped.jobs);
+        self.garbage.2.extend(stopped.outcomes);
+    }
+
     /// Returns `true` if work is owed for when the lock is released.
     pub(crate) fn has_deferred(&self) -> bool {
         !self.garbage.0.is_empty()
@@ -1078,7 +1085,10 @@ impl Shared {
             }
             FastEnd::Stopped => {
                 drop(em);
-                cell.clear_outcome();
+                // No lock held: its `Drop` is user code, contained.
+                if let Some(outcome) = cell.clear_outcome() {
+                    unwind::contain(move || drop(outcome));
+                }
                 Some(cell)
             }
             FastEnd::Promoted => {
@@ -1301,8 +1311,8 @@ impl Shared {
             let mut st = self.lock();
             self.processing.store(false, Ordering::SeqCst);
             self.closed.store(true, Ordering::SeqCst);
-            let jobs = st.shut_down(&self.env());
-            st.discard(jobs);
+            let stopped = st.shut_down(&self.env());
+            st.discard_stopped(stopped);
             self.registry.lock().clear();
             self.groups.clear();
             self.emitter.lock().clear();
@@ -1811,10 +1821,11 @@ impl TaskManager {
             return 0;
         }
         let stopped = st.stop(seeds, up, down);
-        st.discard(stopped.jobs);
+        let count = stopped.count;
+        st.discard_stopped(stopped);
         shared.dispatch(&mut st);
         shared.wake_idle_waiters(&st);
-        stopped.count
+        count
     }
 
     /// Blocks until no task is running and none can start (nothing is

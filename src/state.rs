@@ -152,6 +152,9 @@ pub(crate) struct Stopped {
     pub(crate) count: usize,
     /// Jobs of stopped tasks that never started, to drop unlocked.
     pub(crate) jobs: Vec<Job>,
+    /// Outcomes of stopped tasks that had finished with their event
+    /// pending, to drop unlocked (a result's `Drop` is user code).
+    pub(crate) outcomes: Vec<Outcome>,
 }
 
 /// Everything the scheduler lock guards.
@@ -536,10 +539,11 @@ impl State {
         // Pass 2: undo what each held: its job, its queue entry, its group
         // membership, and its hold on downstream tasks.
         let mut jobs = Vec::new();
+        let mut outcomes = Vec::new();
         for (cell, found) in &stopped {
             match *found {
                 StopFound::NotLive => unreachable!("filtered in pass 1"),
-                StopFound::Finished => cell.clear_outcome(),
+                StopFound::Finished => outcomes.extend(cell.clear_outcome()),
                 StopFound::Unfinished { claimed, in_ready } => {
                     if !claimed {
                         jobs.extend(cell.take_job());
@@ -563,18 +567,19 @@ impl State {
         Stopped {
             count: stopped.len(),
             jobs,
+            outcomes,
         }
     }
 
     /// Shuts down: stops every task and forgets the locked ready queue.
-    /// Returns the jobs to drop unlocked.
-    pub(crate) fn shut_down(&mut self, env: &Env<'_>) -> Vec<Job> {
+    /// Returns what the stop took, to drop unlocked.
+    pub(crate) fn shut_down(&mut self, env: &Env<'_>) -> Stopped {
         self.mode = Mode::ShutDown;
         let all = self.all_live(env);
         let stopped = self.stop(all, false, false);
         self.ready.clear();
         self.queued = 0;
-        stopped.jobs
+        stopped
     }
 }
 

@@ -750,3 +750,42 @@ fn a_stopped_graph_tasks_result_that_panics_when_dropped_breaks_nothing() {
     assert!(m.wait_idle(TIMEOUT));
     drop(sub);
 }
+
+/// Stopping a task that finished with its event pending drops its kept
+/// result; stopping a task without edges while it runs drops its result
+/// when it ends. Both `Drop`s are user code: contained, outside every lock,
+/// so the stop call does not panic and no worker is lost.
+#[test]
+fn results_that_panic_when_dropped_do_not_break_stops() {
+    let m = manager(2);
+    let sub = m.subscribe();
+    // Finished, its event pending (nobody receives yet): the stop drops
+    // the result the cell kept for the event.
+    let finished = m
+        .add_task(|_: &TaskContext| Ok::<_, Infallible>(PanicsWhenDropped))
+        .unwrap()
+        .id();
+    assert!(m.wait_idle(TIMEOUT));
+    assert_eq!(m.stop_task(finished, false, false), 1);
+    // Running, no edges: it ends on the fast path, stopped.
+    let gate = Gate::new();
+    let (running, rx) = spawn_blocker(m.task(), &gate, PanicsWhenDropped);
+    started(&rx);
+    assert_eq!(m.stop_task(running.id(), false, false), 1);
+    gate.open();
+    assert!(matches!(
+        running.wait_timeout(TIMEOUT),
+        Some(Err(bgtask::TaskError::Stopped))
+    ));
+    // No event of either; both workers still take tasks.
+    assert!(matches!(sub.try_recv(), Err(TryRecvError::Empty)));
+    let gate2 = Gate::new();
+    let (h1, rx1) = add_blocker(&m, &gate2);
+    let (h2, rx2) = add_blocker(&m, &gate2);
+    started(&rx1);
+    started(&rx2);
+    gate2.open();
+    done(&h1);
+    done(&h2);
+    assert!(m.wait_idle(TIMEOUT));
+}
