@@ -690,6 +690,19 @@ fn no_stale_events_when_stops_race_a_draining_subscriber() {
     assert!(m.wait_idle(TIMEOUT), "manager did not become idle");
 }
 
+/// Asserts that two tasks of `m` (two workers) start at once: no worker
+/// was lost.
+fn assert_two_workers_take_tasks(m: &TaskManager) {
+    let gate = Gate::new();
+    let (h1, rx1) = add_blocker(m, &gate);
+    let (h2, rx2) = add_blocker(m, &gate);
+    started(&rx1);
+    started(&rx2);
+    gate.open();
+    done(&h1);
+    done(&h2);
+}
+
 /// A task result whose `Drop` panics (user code the manager must contain).
 struct PanicsWhenDropped;
 
@@ -727,14 +740,7 @@ fn a_stopped_graph_tasks_result_that_panics_when_dropped_breaks_nothing() {
         Some(Err(bgtask::TaskError::Stopped))
     ));
     // Both workers still take tasks: two blockers start at once.
-    let gate2 = Gate::new();
-    let (h1, rx1) = add_blocker(&m, &gate2);
-    let (h2, rx2) = add_blocker(&m, &gate2);
-    started(&rx1);
-    started(&rx2);
-    gate2.open();
-    done(&h1);
-    done(&h2);
+    assert_two_workers_take_tasks(&m);
     // And graph tasks keep ending normally.
     let mut last = m
         .add_task(|_: &TaskContext| Ok::<_, Infallible>(0u32))
@@ -779,13 +785,6 @@ fn results_that_panic_when_dropped_do_not_break_stops() {
     ));
     // No event of either; both workers still take tasks.
     assert!(matches!(sub.try_recv(), Err(TryRecvError::Empty)));
-    let gate2 = Gate::new();
-    let (h1, rx1) = add_blocker(&m, &gate2);
-    let (h2, rx2) = add_blocker(&m, &gate2);
-    started(&rx1);
-    started(&rx2);
-    gate2.open();
-    done(&h1);
-    done(&h2);
+    assert_two_workers_take_tasks(&m);
     assert!(m.wait_idle(TIMEOUT));
 }
