@@ -228,11 +228,12 @@ struct Progress {
 /// alive or drops recursively.
 ///
 /// `repr(C)`, in the order of use: a release reads and writes `waiting_on`
-/// and the input's results, the first 80 bytes, which span two cache lines
-/// wherever the allocator puts the node (16-byte aligned); an end reads
-/// `waiting_on` and `downstream`. With the compiler's order, `waiting_on`
-/// came last and the results in between, and every release of a task
-/// (made by the owner, so missing in the worker's cache) cost a line more.
+/// and the input's results, the node's first 96 bytes (two cache lines, or
+/// three where the allocator puts the node 48 bytes into a line); an end
+/// reads `waiting_on` and `downstream`. With the compiler's order,
+/// `waiting_on` came last and the results in between, and every release of
+/// a task (made by the owner, so missing in the worker's cache) cost a line
+/// more.
 #[derive(Default)]
 #[repr(C)]
 pub(crate) struct Node {
@@ -853,12 +854,12 @@ impl TaskCell {
     #[must_use = "the outcome must be dropped after the locks are released"]
     pub(crate) fn clear_outcome(&self) -> Option<Outcome> {
         let mut slot = self.payload.lock();
-        if !matches!(slot.work, Payload::Done(..)) {
-            return None;
-        }
         match std::mem::replace(&mut slot.work, Payload::Empty) {
             Payload::Done(outcome, _) => Some(outcome),
-            _ => unreachable!("matched above"),
+            other => {
+                slot.work = other;
+                None
+            }
         }
     }
 }

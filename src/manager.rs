@@ -27,7 +27,9 @@
 //! the same way as a fast task (FIFO or inbox). A task with edges (it has
 //! upstream tasks, or one was added after it while it was live) ends under
 //! the scheduler lock, which releases its downstream tasks into the locked
-//! ready queue (`state.rs`).
+//! ready queue (`state.rs`). A worker that finds that lock taken queues its
+//! end instead, and the lock's next holder decides it along with its own
+//! (`Shared::end_in_graph_combined`).
 //!
 //! A worker decides its next task, or goes idle, before the events of the
 //! task it just ended can be received, so an owner that reacts to an event
@@ -78,8 +80,8 @@
 //! scheduler → registry, scheduler → emitter, scheduler → group table,
 //! scheduler → a group's `held` queue, scheduler → a cell's slot,
 //! emitter → a cell's slot, registry → a cell's slot (`state::link`); a
-//! group's member list and a cell's slot are leaves, and no thread holds
-//! two slot locks at once. The
+//! group's member list, a cell's slot and a worker's `Handoff` are leaves,
+//! and no thread holds two slot locks at once. The
 //! notifier, wakers and task closures' `Drop`s run after every lock is
 //! released ([`Locked`]).
 
@@ -431,7 +433,7 @@ const COMBINE_YIELDS: u32 = 64;
 type Ended = (Next, Option<Arc<TaskCell>>);
 
 /// A graph end queued for whoever holds the scheduler lock next (see
-/// [`Shared::end_in_graph`]).
+/// [`Shared::end_in_graph_combined`]).
 struct QueuedEnd {
     /// The task, run by worker `w`.
     cell: Arc<TaskCell>,
@@ -484,7 +486,7 @@ impl Handoff {
 /// Packed together, the registry's lock shared a line with the emit lock
 /// and the sequence counter one with the hint, and adding a task missed on
 /// lines that a worker ending another had just written (BENCHMARKS.md,
-/// item 34). The other fields are read far more often than written.
+/// item 35). The other fields are read far more often than written.
 pub(crate) struct Shared {
     /// The scheduler state: graph, locked ready queue, workers.
     state: CachePadded<Mutex<State>>,
@@ -494,7 +496,7 @@ pub(crate) struct Shared {
     /// lock to enter the locked ready queue (module docs).
     inbox: CachePadded<Inbox>,
     /// Ends of graph tasks waiting for the scheduler lock, decided by the
-    /// next worker that holds it (see `end_in_graph`).
+    /// next worker that holds it (see `end_in_graph_combined`).
     ends: SegQueue<QueuedEnd>,
     /// Fast tasks by id.
     registry: CachePadded<Mutex<Registry>>,
