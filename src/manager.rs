@@ -281,17 +281,11 @@ impl Locked<'_> {
         self.garbage.0.extend(jobs);
     }
 
-    /// Queues what a stop took (jobs, outcomes) to be dropped after
-    /// unlocking.
-    pub(crate) fn discard_stopped(&mut self, stopped: state::Stopped) {
-        self.garbage.0.extend(stopped.jobs);
-        self.garbage.2.extend(stopped.outcomes);
-    }
-
     /// Returns `true` if work is owed for when the lock is released.
     pub(crate) fn has_deferred(&self) -> bool {
         !self.garbage.0.is_empty()
             || !self.garbage.2.is_empty()
+            || !self.guard.discarded.is_empty()
             || self.notify.0.is_some()
             || !self.guard.out.is_empty()
     }
@@ -306,6 +300,7 @@ impl Locked<'_> {
     pub(crate) fn publish(&mut self) {
         store_if_changed(self.hint, self.guard.best_priority());
         self.garbage.1.append(&mut self.guard.wakes);
+        self.garbage.2.append(&mut self.guard.discarded);
         if !self.guard.out.is_empty() {
             let mut taken = None;
             let em = match self.announce.0.as_mut() {
@@ -342,6 +337,9 @@ impl Drop for Locked<'_> {
         store_if_changed(self.hint, self.guard.best_priority());
         if !self.guard.wakes.is_empty() {
             self.garbage.1.append(&mut self.guard.wakes);
+        }
+        if !self.guard.discarded.is_empty() {
+            self.garbage.2.append(&mut self.guard.discarded);
         }
         if !self.guard.out.is_empty() {
             self.defer_events();
@@ -1251,18 +1249,11 @@ impl Shared {
             // waits for.
             st.hold_emit();
         }
-        if cell.is_stopped() {
-            // Stopped while it ran (stable under this lock: only stops set
-            // it): its outcome is dropped, and the stop released its
-            // downstream tasks. Its result may hold the last reference to a
-            // value with a `Drop` of its own: dropped unlocked, like jobs,
-            // so that no user code runs in the critical section, which may
-            // be deciding other workers' ends (`decide_ends`).
-            st.garbage.2.push(outcome);
-        } else {
-            let jobs = st.finish(&cell, outcome);
-            st.discard(jobs);
-        }
+        // A stopped task's outcome is dropped after the lock is released
+        // (`State::discarded`): no user code runs in this critical section,
+        // which may be deciding other workers' ends (`decide_ends`).
+        let jobs = st.finish(&cell, outcome);
+        st.discard(jobs);
         let cell = cell.group.is_some().then_some(cell);
         let mut next = Next {
             task: None,
@@ -1313,8 +1304,8 @@ impl Shared {
             let mut st = self.lock();
             self.processing.store(false, Ordering::SeqCst);
             self.closed.store(true, Ordering::SeqCst);
-            let stopped = st.shut_down(&self.env());
-            st.discard_stopped(stopped);
+            let jobs = st.shut_down(&self.env());
+            st.discard(jobs);
             self.registry.lock().clear();
             self.groups.clear();
             self.emitter.lock().clear();
@@ -1823,11 +1814,10 @@ impl TaskManager {
             return 0;
         }
         let stopped = st.stop(seeds, up, down);
-        let count = stopped.count;
-        st.discard_stopped(stopped);
+        st.discard(stopped.jobs);
         shared.dispatch(&mut st);
         shared.wake_idle_waiters(&st);
-        count
+        stopped.count
     }
 
     /// Blocks until no task is running and none can start (nothing is

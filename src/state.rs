@@ -152,9 +152,6 @@ pub(crate) struct Stopped {
     pub(crate) count: usize,
     /// Jobs of stopped tasks that never started, to drop unlocked.
     pub(crate) jobs: Vec<Job>,
-    /// Outcomes of stopped tasks that had finished with their event
-    /// pending, to drop unlocked (a result's `Drop` is user code).
-    pub(crate) outcomes: Vec<Outcome>,
 }
 
 /// Everything the scheduler lock guards.
@@ -178,6 +175,11 @@ pub(crate) struct State {
     /// Waiters of tasks that ended in this critical section, woken after
     /// the lock is released.
     pub(crate) wakes: Vec<Waiter>,
+    /// Outcomes this critical section let go of (of tasks stopped while
+    /// they ran or with their event pending), dropped after the lock is
+    /// released: a result may hold the last reference to a value whose
+    /// `Drop` is user code.
+    pub(crate) discarded: Vec<Outcome>,
     /// Ends decided in this critical section, whose events are queued in
     /// every subscription just before the lock is released (after the worker
     /// that decided them has taken its next task or gone idle, so that an
@@ -199,6 +201,7 @@ impl State {
             fan_out: 0,
             out: Outs::new(),
             wakes: Vec::new(),
+            discarded: Vec::new(),
         }
     }
 
@@ -403,8 +406,9 @@ impl State {
     #[must_use = "the jobs must be dropped after the lock is released"]
     pub(crate) fn finish(&mut self, cell: &Arc<TaskCell>, outcome: Outcome) -> Vec<Job> {
         if cell.is_stopped() {
-            // Stopped while running: its outcome is dropped, and the stop
-            // released its downstream tasks.
+            // Stopped while running: its outcome is dropped (unlocked), and
+            // the stop released its downstream tasks.
+            self.discarded.push(outcome);
             return Vec::new();
         }
         match &outcome {
@@ -539,11 +543,10 @@ impl State {
         // Pass 2: undo what each held: its job, its queue entry, its group
         // membership, and its hold on downstream tasks.
         let mut jobs = Vec::new();
-        let mut outcomes = Vec::new();
         for (cell, found) in &stopped {
             match *found {
                 StopFound::NotLive => unreachable!("filtered in pass 1"),
-                StopFound::Finished => outcomes.extend(cell.clear_outcome()),
+                StopFound::Finished => self.discarded.extend(cell.clear_outcome()),
                 StopFound::Unfinished { claimed, in_ready } => {
                     if !claimed {
                         jobs.extend(cell.take_job());
@@ -567,19 +570,18 @@ impl State {
         Stopped {
             count: stopped.len(),
             jobs,
-            outcomes,
         }
     }
 
     /// Shuts down: stops every task and forgets the locked ready queue.
-    /// Returns what the stop took, to drop unlocked.
-    pub(crate) fn shut_down(&mut self, env: &Env<'_>) -> Stopped {
+    /// Returns the jobs to drop unlocked.
+    pub(crate) fn shut_down(&mut self, env: &Env<'_>) -> Vec<Job> {
         self.mode = Mode::ShutDown;
         let all = self.all_live(env);
         let stopped = self.stop(all, false, false);
         self.ready.clear();
         self.queued = 0;
-        stopped
+        stopped.jobs
     }
 }
 
