@@ -1908,6 +1908,12 @@ impl TaskManager {
     /// [`Subscription::try_iter`]), so a busy pool does not flood the event
     /// loop. A panic in it is contained.
     ///
+    /// The first event queued after this returns calls the new notifier,
+    /// even one that joins a queue holding events queued before (a single
+    /// extra call): an event loop that sets its notifier after events
+    /// arrived is woken to drain them, and an event queued while no
+    /// notifier was set cannot make the next one go unnoticed.
+    ///
     /// # Examples
     ///
     /// ```
@@ -1929,7 +1935,10 @@ impl TaskManager {
     where
         F: Fn() + Send + Sync + 'static,
     {
-        self.shared().emitter.lock().notifier = Some(Arc::new(notifier));
+        self.shared()
+            .emitter
+            .lock()
+            .set_notifier(Arc::new(notifier));
     }
 }
 

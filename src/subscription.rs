@@ -20,6 +20,12 @@
 //! receiver's second look sees the new event or the sender's swap sees
 //! `true`: an event never lands unnoticed in a queue its owner believes
 //! empty, and a busy pool does not call the notifier per event.
+//!
+//! The sender's swap comes after its send, so the owner may receive the
+//! event and arm its queue before the swap, which then takes that arm: it
+//! calls the notifier after the arm, and the owner's next drain re-arms.
+//! If no notifier was set, that arm was taken for nothing, so setting one
+//! re-arms every queue (`Emitter::set_notifier`).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -211,7 +217,7 @@ pub(crate) struct Emitter {
     /// Subscriptions, open or dropped-but-not-pruned (invariant 1).
     subscribers: Vec<Subscriber>,
     /// Called when an event lands in an empty queue.
-    pub(crate) notifier: Option<Notifier>,
+    notifier: Option<Notifier>,
     /// An event landed in an empty queue since the notifier was last taken.
     notify_due: bool,
     /// Ends decided under the scheduler lock, moved here under both locks
@@ -277,6 +283,24 @@ impl Emitter {
     /// Forgets subscriptions found dropped (scheduler lock held: invariant 1).
     pub(crate) fn prune(&mut self) {
         self.subscribers.retain(|s| !s.gone);
+    }
+
+    /// Sets the notifier and re-arms every subscription (see
+    /// `TaskManager::set_notifier`): the first event queued after this
+    /// calls it, whatever the queue holds.
+    ///
+    /// Why re-arm: a sender queues, then swaps `armed` (module docs). The
+    /// owner can receive the event in between and drain to empty, arming
+    /// its queue; the late swap then takes that arm. With a notifier set it
+    /// calls it (a call after the arm, as the protocol promises); with none
+    /// set, the arm was taken for nothing, and without the re-arm the next
+    /// event would land unnoticed in a queue its owner drained to empty.
+    /// Under the emit lock, so no send's swap is half done.
+    pub(crate) fn set_notifier(&mut self, notifier: Notifier) {
+        self.notifier = Some(notifier);
+        for sub in &self.subscribers {
+            sub.armed.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Returns the notifier if an event landed in an empty queue since the

@@ -381,6 +381,45 @@ fn notifier_is_called_once_per_empty_queue() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// The first event queued after `set_notifier` returns calls the new
+/// notifier. Here the first task's event took the subscription's arm while
+/// no notifier was set. The same happens when a worker's protocol step
+/// (its swap of the arm, just after it queued an event) lands after the
+/// owner received that event and drained its queue to empty: before
+/// `set_notifier` re-armed every queue, the next event then landed in a
+/// queue its owner had drained, and the notifier was never called
+/// (`tests/stress.rs` `a_panicking_notifier_does_not_kill_a_worker` timed
+/// out so, RELIABILITY.md finding 21).
+#[test]
+fn the_first_event_after_set_notifier_calls_it() {
+    let m = manager(1);
+    let sub = m.subscribe();
+    let first = m.add_task(noop).unwrap().id();
+    // Its event is queued (and its sender's protocol step done).
+    assert!(m.wait_idle(TIMEOUT));
+    let (wake, woken) = mpsc::channel::<()>();
+    m.set_notifier(move || {
+        let _ = wake.send(());
+    });
+    let second = m.add_task(noop).unwrap().id();
+    woken
+        .recv_timeout(TIMEOUT)
+        .expect("the first event after set_notifier did not call it");
+    assert!(m.wait_idle(TIMEOUT));
+    assert_eq!(woken.try_iter().count(), 0, "called more than once");
+    let drained: Vec<Ev> = sub.try_iter().map(|e| ev(&e)).collect();
+    assert_eq!(drained, [Ev::Done(first), Ev::Done(second)]);
+
+    // Drained to empty: the next event calls it again, once.
+    let third = m.add_task(noop).unwrap().id();
+    woken
+        .recv_timeout(TIMEOUT)
+        .expect("the notifier was not called after the queue was drained");
+    assert_eq!(ev(&next(&sub)), Ev::Done(third));
+    assert_quiet(&m, &sub);
+    assert_eq!(woken.try_iter().count(), 0, "called more than once");
+}
+
 #[test]
 fn panicking_notifier_is_contained() {
     let m = TaskManager::builder()
