@@ -47,7 +47,9 @@
 //!    moves the slot out of `Payload::Pending`: the worker that runs it
 //!    (`take_work`, then `run_work`), or whoever ends the task before it
 //!    started, as a [`Job`] (`take_job`, `end_linked`) whose drop discards
-//!    the closure once every lock is released. Once a worker claimed the
+//!    the closure, and the kwargs and upstream results it would have run
+//!    with, once every lock is released (contained: their `Drop`s are user
+//!    code). Once a worker claimed the
 //!    task, nobody else moves the slot (stops leave a claimed task's work
 //!    to its worker), so a worker skips `take_work` for a task without
 //!    input (`HAS_INPUT` clear) and runs the work directly; the closure's
@@ -104,6 +106,17 @@ pub(crate) struct Input {
 }
 
 impl Input {
+    /// `true` if it holds no kwargs and no upstream result.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.kwargs.is_empty() && self.upstream.is_empty()
+    }
+
+    /// `true` if dropping it may run user code: it holds kwargs, or an
+    /// upstream result that is not a primitive kept inline.
+    pub(crate) fn holds_user_values(&self) -> bool {
+        !self.kwargs.is_empty() || self.upstream.iter().any(|(_, _, r)| !r.is_inline())
+    }
+
     /// Records a completed upstream task's result.
     pub(crate) fn absorb(&mut self, order: u64, up: u64, result: TaskResult) {
         self.upstream.push((order, up, result));
@@ -365,13 +378,39 @@ pub(crate) fn test_cell(seq: u64) -> Arc<TaskCell> {
     Arc::new(TaskCell::new(seq, 0, None, never(), None, None))
 }
 
-/// The work of a task that will never run: dropping this drops it, so the
-/// holder decides where (after every lock is released).
-pub(crate) struct Job(Arc<TaskCell>);
+/// The work of a task that will never run, with the input it would have
+/// run with: dropping this drops them, so the holder decides where (after
+/// every lock is released, contained).
+pub(crate) struct Job {
+    /// The task; its closure is discarded when the job drops.
+    cell: Arc<TaskCell>,
+    /// Its kwargs and gathered upstream results, if any (dropped with the
+    /// job, after the closure).
+    _input: Option<Box<Input>>,
+}
 
 impl Drop for Job {
     fn drop(&mut self) {
-        self.0.work.discard();
+        self.cell.work.discard();
+    }
+}
+
+impl Slot {
+    /// Takes the input of a task that will never run, whose pending
+    /// payload held `pending`: that (a task without upstream keeps its
+    /// kwargs there), or what its node gathered (kwargs and upstream
+    /// results), so that no user value stays in the cell to be dropped
+    /// wherever its last reference goes.
+    fn unrun_input(&mut self, pending: Option<Box<Input>>) -> Option<Box<Input>> {
+        let node = self.node.as_deref_mut();
+        debug_assert!(
+            pending.is_none() || node.as_ref().is_none_or(|n| n.input.is_empty()),
+            "input in the payload and in the node"
+        );
+        pending.or_else(|| {
+            let node = node?;
+            (!node.input.is_empty()).then(|| Box::new(std::mem::take(&mut node.input)))
+        })
     }
 }
 
@@ -573,8 +612,7 @@ impl TaskCell {
                 (Some(input), _) => Some(*input),
                 (None, Some(node)) => {
                     let input = std::mem::take(&mut node.input);
-                    let empty = input.kwargs.is_empty() && input.upstream.is_empty();
-                    (!empty).then(|| input.merged())
+                    (!input.is_empty()).then(|| input.merged())
                 }
                 (None, None) => None,
             }),
@@ -599,11 +637,19 @@ impl TaskCell {
     /// Takes the work of a task that will never run, to drop unlocked.
     pub(crate) fn take_job(self: &Arc<Self>) -> Option<Job> {
         let mut slot = self.payload.lock();
-        if !matches!(slot.work, Payload::Pending { .. }) {
-            return None; // taken already, or ended: an outcome stays
+        match std::mem::replace(&mut slot.work, Payload::Empty) {
+            Payload::Pending { input } => {
+                let input = slot.unrun_input(input);
+                Some(Job {
+                    cell: Arc::clone(self),
+                    _input: input,
+                })
+            }
+            other => {
+                slot.work = other; // taken already, or ended: an outcome stays
+                None
+            }
         }
-        slot.work = Payload::Empty;
-        Some(Job(Arc::clone(self)))
     }
 
     /// Runs `f` on the task's graph node, if it has one (scheduler lock held).
@@ -724,7 +770,13 @@ impl TaskCell {
             .ok()?; // stopped a moment ago: the stop owns its end
                     // A blocked task's work is still here: it never runs.
         let job = match std::mem::replace(&mut slot.work, Payload::Done(outcome.clone(), order)) {
-            Payload::Pending { .. } => Some(Job(Arc::clone(self))),
+            Payload::Pending { input } => {
+                let input = slot.unrun_input(input);
+                Some(Job {
+                    cell: Arc::clone(self),
+                    _input: input,
+                })
+            }
             _ => None,
         };
         let mut downstream = Cells::new();

@@ -180,16 +180,23 @@ impl Garbage {
     /// Drops the jobs and outcomes and wakes the waiters.
     #[cold]
     fn dispose(&mut self) {
-        for job in self.0.drain(..) {
-            unwind::contain(move || drop(job));
-        }
-        for outcome in self.2.drain(..) {
-            unwind::contain(move || drop(outcome));
-        }
+        unwind::drop_each(self.0.drain(..));
+        unwind::drop_each(self.2.drain(..));
         if !self.1.is_empty() {
             let wakes = std::mem::take(&mut self.1);
             unwind::contain(move || wake_all(wakes));
         }
+    }
+}
+
+/// Drops the input a task ran with (no lock held). Kwargs and results
+/// other than primitives are user values, which a panicking `Drop` must not
+/// take the worker down with; a graph task's usual input, primitive
+/// upstream results only, needs no containment.
+#[inline(never)]
+fn drop_input(input: Input) {
+    if input.holds_user_values() {
+        unwind::contain(move || drop(input));
     }
 }
 
@@ -603,7 +610,7 @@ impl Shared {
         // Without the scheduler lock (module docs): the edges exist before
         // `spawn` returns, so an upstream ending a moment later releases
         // this task with its result.
-        let (cell, linked) = {
+        let (cell, linked, released) = {
             let mut registry = self.registry.lock();
             let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
             let cell = make(CellParts {
@@ -612,13 +619,13 @@ impl Shared {
                 input: None,
                 node: Some(node),
             });
-            registry.push(Arc::clone(&cell));
+            let released = registry.push(Arc::clone(&cell));
             let linked = state::link(&registry, &cell, &upstream);
             if matches!(linked, Linked::Ready) && priority == 0 {
                 // Under the registry lock, like a fast task: FIFO order is id order.
                 self.fifo.push(Arc::clone(&cell));
             }
-            (cell, linked)
+            (cell, linked, released)
         };
         GroupTable::add_member(&cell);
         match linked {
@@ -636,6 +643,8 @@ impl Shared {
                 st.discard(jobs);
             }
         }
+        // Registry invariant 3: after every lock, contained.
+        released.drop_contained();
         Ok((
             TaskId {
                 seq: cell.seq,
@@ -695,7 +704,7 @@ impl Shared {
                 upstream: SmallVec::new(),
             })
         });
-        let cell = {
+        let (cell, released) = {
             let mut registry = self.registry.lock();
             let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
             let cell = make(CellParts {
@@ -704,12 +713,14 @@ impl Shared {
                 input,
                 node: None,
             });
-            registry.push(Arc::clone(&cell));
+            let released = registry.push(Arc::clone(&cell));
             if priority == 0 {
                 self.fifo.push(Arc::clone(&cell));
             }
-            cell
+            (cell, released)
         };
+        // Registry invariant 3: after every lock, contained.
+        released.drop_contained();
         GroupTable::add_member(&cell);
         let id = TaskId {
             seq: cell.seq,
@@ -829,8 +840,9 @@ impl Shared {
     }
 
     /// Takes dead cells out of the registry (registry lock only), for an
-    /// idle worker about to sleep to drop with no lock held: a burst of
-    /// tasks followed by silence does not keep their memory.
+    /// idle worker about to sleep to drop with no lock held, contained
+    /// (registry invariant 3): a burst of tasks followed by silence does
+    /// not keep their memory.
     pub(crate) fn take_dead(&self) -> Vec<Arc<TaskCell>> {
         self.registry.lock().take_dead()
     }
@@ -989,7 +1001,10 @@ impl Shared {
             Some(Err(failure)) => Some(Outcome::Failed(Arc::new(failure))),
             None => None,
         });
-        let cell = ctx.into_cell();
+        let (cell, input) = ctx.into_parts();
+        if let Some(input) = input {
+            drop_input(input);
+        }
         let Some(outcome) = ran else {
             return self.not_started(&cell, w, busy);
         };
@@ -1253,7 +1268,9 @@ impl Shared {
         // (`State::discarded`): no user code runs in this critical section,
         // which may be deciding other workers' ends (`decide_ends`).
         let jobs = st.finish(&cell, outcome);
-        st.discard(jobs);
+        if !jobs.is_empty() {
+            st.discard(jobs); // a failure cascade's (almost every end has none)
+        }
         let cell = cell.group.is_some().then_some(cell);
         let mut next = Next {
             task: None,
@@ -1300,26 +1317,30 @@ impl Shared {
     /// Shuts down; joins workers if `join` (skipping the calling thread if
     /// it is one of them).
     fn shut_down(&self, join: bool) {
-        let handles = {
+        let (handles, released) = {
             let mut st = self.lock();
             self.processing.store(false, Ordering::SeqCst);
             self.closed.store(true, Ordering::SeqCst);
             let jobs = st.shut_down(&self.env());
             st.discard(jobs);
-            self.registry.lock().clear();
+            let mut released = self.registry.lock().clear();
             self.groups.clear();
             self.emitter.lock().clear();
             st.fan_out = 0;
             // Every worker exits (joined below unless called from one).
             st.alive = 0;
             self.alive.store(0, Ordering::SeqCst);
-            while self.fifo.pop().is_some() {}
+            while let Some(cell) = self.fifo.pop() {
+                released.push_back(cell);
+            }
             for slot in &st.workers {
                 slot.signal.notify_one();
             }
             self.idle_cv.notify_all();
-            std::mem::take(&mut st.handles)
+            (std::mem::take(&mut st.handles), released)
         };
+        // Registry invariant 3: after every lock, contained.
+        unwind::drop_each(released);
         if join {
             let me = thread::current().id();
             for h in handles {

@@ -10,11 +10,65 @@
 //!    leave from the front when pushing and when a worker is about to
 //!    sleep (`take_dead`), and from anywhere when the deque has doubled
 //!    since the last compaction (amortised O(1) per task).
+//! 3. The registry never drops a cell under its lock: it hands the cells
+//!    it lets go of to the caller, which drops them once no lock is held,
+//!    each contained (`unwind::drop_each`). The registry's reference is
+//!    often a cell's last, and dropping the cell drops the result it
+//!    keeps for its handles, a user value whose `Drop` may panic.
 
 use std::collections::VecDeque;
 
 use crate::cell::TaskCell;
 use crate::sync::Arc;
+
+/// Cells the registry let go of, for the caller to drop once no lock is
+/// held (invariant 3). A push usually lets go of none or one: those cases
+/// cost no iterator and no allocation.
+#[must_use = "the released cells must be dropped once no lock is held"]
+pub(crate) enum Released {
+    /// Nothing.
+    None,
+    /// One cell.
+    One(Arc<TaskCell>),
+    /// Several (a compaction, or a run of dead cells at the front).
+    Many(Vec<Arc<TaskCell>>),
+}
+
+impl Released {
+    /// Adds a cell.
+    fn add(&mut self, cell: Arc<TaskCell>) {
+        *self = match std::mem::replace(self, Released::None) {
+            Released::None => Released::One(cell),
+            Released::One(first) => Released::Many(vec![first, cell]),
+            Released::Many(mut cells) => {
+                cells.push(cell);
+                Released::Many(cells)
+            }
+        };
+    }
+
+    /// Adds several cells.
+    fn add_all(&mut self, cells: impl Iterator<Item = Arc<TaskCell>>) {
+        let mut all = match std::mem::replace(self, Released::None) {
+            Released::None => Vec::new(),
+            Released::One(first) => vec![first],
+            Released::Many(all) => all,
+        };
+        all.extend(cells);
+        *self = Released::Many(all);
+    }
+
+    /// Drops the cells, each contained (the caller holds no lock).
+    pub(crate) fn drop_contained(self) {
+        match self {
+            Released::None => {}
+            Released::One(cell) => {
+                crate::unwind::contain(move || drop(cell));
+            }
+            Released::Many(cells) => crate::unwind::drop_each(cells),
+        }
+    }
+}
 
 /// Tasks by sequence number; guarded by its own lock.
 #[derive(Debug, Default)]
@@ -26,15 +80,31 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// Adds a cell whose sequence number is larger than any before.
-    pub(crate) fn push(&mut self, cell: Arc<TaskCell>) {
-        self.trim();
+    /// Adds a cell whose sequence number is larger than any before;
+    /// returns the dead cells it let go of (invariant 3).
+    pub(crate) fn push(&mut self, cell: Arc<TaskCell>) -> Released {
+        let mut released = Released::None;
+        self.pop_dead(|c| released.add(c));
         debug_assert!(self.cells.back().is_none_or(|b| b.seq < cell.seq));
         self.cells.push_back(cell);
         if self.cells.len() >= 2 * self.compacted.max(1024) {
-            self.cells.retain(|c| !c.is_dead());
+            // A stable partition in place: live cells move to the front in
+            // their order (invariant 1), dead ones to the back, whence they
+            // are released (moved, not cloned).
+            let cells = self.cells.make_contiguous();
+            let mut kept = 0;
+            for i in 0..cells.len() {
+                if !cells[i].is_dead() {
+                    cells.swap(kept, i);
+                    kept += 1;
+                }
+            }
+            if kept < self.cells.len() {
+                released.add_all(self.cells.drain(kept..));
+            }
             self.compacted = self.cells.len();
         }
+        released
     }
 
     /// Takes the dead cells off the front, for a worker about to sleep to
@@ -44,11 +114,6 @@ impl Registry {
         let mut dead = Vec::new();
         self.pop_dead(|c| dead.push(c));
         dead
-    }
-
-    /// Drops dead cells from the front.
-    pub(crate) fn trim(&mut self) {
-        self.pop_dead(drop);
     }
 
     /// Hands the dead cells at the front to `f`, in order.
@@ -96,10 +161,11 @@ impl Registry {
             .collect()
     }
 
-    /// Drops every cell.
-    pub(crate) fn clear(&mut self) {
-        self.cells.clear();
+    /// Lets go of every cell (invariant 3).
+    #[must_use = "the released cells must be dropped once no lock is held"]
+    pub(crate) fn clear(&mut self) -> VecDeque<Arc<TaskCell>> {
         self.compacted = 0;
+        std::mem::take(&mut self.cells)
     }
 }
 
@@ -113,7 +179,7 @@ mod tests {
         let mut r = Registry::default();
         let cells: Vec<_> = (10..3000).map(cell).collect();
         for c in &cells {
-            r.push(Arc::clone(c));
+            drop(r.push(Arc::clone(c)));
         }
         for seq in 10..3000 {
             assert_eq!(r.find(seq).map(|c| c.seq), Some(seq));
@@ -128,13 +194,13 @@ mod tests {
         // A deque that wrapped around: its contents are in two slices.
         let mut r = Registry::default();
         for seq in 0..8 {
-            r.push(cell(seq));
+            drop(r.push(cell(seq)));
         }
         r.cells.pop_front();
         r.cells.pop_front();
         r.cells.retain(|c| c.seq != 5);
         for seq in 8..12 {
-            r.push(cell(seq));
+            drop(r.push(cell(seq)));
         }
         for seq in 0..14 {
             let expected = (2..12).contains(&seq).then_some(seq).filter(|&s| s != 5);

@@ -108,6 +108,12 @@ small! {
 }
 
 impl TaskResult {
+    /// `true` if the value is kept inline: a primitive, whose drop runs no
+    /// user code.
+    pub(crate) fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Small(_))
+    }
+
     /// Wraps a task's return value: inline if it is of a primitive type,
     /// else in an `Arc`.
     pub(crate) fn new<T: Any + Send + Sync>(value: T) -> Self {

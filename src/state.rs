@@ -371,11 +371,12 @@ impl State {
         cell: &Arc<TaskCell>,
         upstream: &Ids,
     ) -> Vec<Job> {
-        let linked = {
+        let (linked, released) = {
             let mut registry = env.registry.lock();
-            registry.push(Arc::clone(cell));
-            link(&registry, cell, upstream)
+            let released = registry.push(Arc::clone(cell));
+            (link(&registry, cell, upstream), released)
         };
+        drop(released); // a test's cells: nothing of a user's
         match linked {
             Linked::Ready => {
                 self.push_ready(Arc::clone(cell));

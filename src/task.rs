@@ -89,9 +89,11 @@ impl TaskContext {
         &self.cell
     }
 
-    /// Gives back the cell the worker lent to the context.
-    pub(crate) fn into_cell(self) -> Arc<TaskCell> {
-        self.cell
+    /// Gives back the cell the worker lent to the context, and the input
+    /// the task ran with, for the worker to drop contained (its kwargs and
+    /// upstream results are user values, whose `Drop` may panic).
+    pub(crate) fn into_parts(self) -> (Arc<TaskCell>, Option<Input>) {
+        (self.cell, self.input)
     }
 
     /// Returns the task's id.

@@ -97,6 +97,23 @@ pub(crate) fn contain(f: impl FnOnce()) -> bool {
     }
 }
 
+/// Drops each item, containing a panic in any one's `Drop` (user code:
+/// jobs, outcomes, inputs and cells that may hold the last reference to a
+/// user's value). Called with no lock held.
+pub(crate) fn drop_each<T, I>(items: I)
+where
+    I: IntoIterator<Item = T>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let mut items = items.into_iter();
+    if items.len() == 0 {
+        return;
+    }
+    // One containment for the whole batch; after a panic, the items left
+    // are dropped in a new one (the one that panicked is gone).
+    while !contain(|| items.by_ref().for_each(drop)) {}
+}
+
 /// Returns the text of a panic payload.
 fn payload_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {

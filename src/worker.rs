@@ -87,7 +87,7 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
                     // Still idle: free the memory of tasks that are done
                     // with before sleeping for good, outside every lock.
                     drop(st);
-                    drop(shared.take_dead());
+                    crate::unwind::drop_each(shared.take_dead());
                     st = shared.lock();
                 }
                 continue;

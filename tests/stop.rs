@@ -690,30 +690,6 @@ fn no_stale_events_when_stops_race_a_draining_subscriber() {
     assert!(m.wait_idle(TIMEOUT), "manager did not become idle");
 }
 
-/// Asserts that two tasks of `m` (two workers) start at once: no worker
-/// was lost.
-fn assert_two_workers_take_tasks(m: &TaskManager) {
-    let gate = Gate::new();
-    let (h1, rx1) = add_blocker(m, &gate);
-    let (h2, rx2) = add_blocker(m, &gate);
-    started(&rx1);
-    started(&rx2);
-    gate.open();
-    done(&h1);
-    done(&h2);
-}
-
-/// A task result whose `Drop` panics (user code the manager must contain).
-struct PanicsWhenDropped;
-
-impl Drop for PanicsWhenDropped {
-    fn drop(&mut self) {
-        if !thread::panicking() {
-            panic!("a result that panics when dropped");
-        }
-    }
-}
-
 /// A graph task stopped while it runs has its result dropped by the
 /// manager when it ends. That `Drop` is user code: it must run outside the
 /// scheduler lock and be contained, so a panic in it takes no worker down

@@ -117,7 +117,7 @@ fn loom_link_vs_upstream_end() {
         let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, Some(node)));
         let linked = {
             let mut registry = registry.lock();
-            registry.push(Arc::clone(&down));
+            drop(registry.push(Arc::clone(&down)));
             link(&registry, &down, &upstream)
         };
         worker.join().unwrap();

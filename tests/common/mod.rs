@@ -361,3 +361,27 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::yield_now();
     }
 }
+
+/// Asserts that two tasks of `m` (two workers) start at once: no worker
+/// was lost.
+pub fn assert_two_workers_take_tasks(m: &TaskManager) {
+    let gate = Gate::new();
+    let (h1, rx1) = add_blocker(m, &gate);
+    let (h2, rx2) = add_blocker(m, &gate);
+    started(&rx1);
+    started(&rx2);
+    gate.open();
+    done(&h1);
+    done(&h2);
+}
+
+/// A task result whose `Drop` panics (user code the manager must contain).
+pub struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            panic!("a result that panics when dropped");
+        }
+    }
+}
