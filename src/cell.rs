@@ -835,17 +835,9 @@ impl TaskCell {
     /// Settles one queue's copy of the terminal event: `true` if the queue
     /// may deliver it (invariant 3).
     pub(crate) fn settle(&self) -> bool {
-        self.settle_copy().is_some()
-    }
-
-    /// [`settle`](Self::settle), telling also whether this was the last
-    /// copy: `Some(true)` if the queue may deliver it and the task is now
-    /// dead (invariant 4), so that no stop can reach it any more and its
-    /// outcome can no longer be cleared; `None` if it was stopped.
-    pub(crate) fn settle_copy(&self) -> Option<bool> {
         let prev = self.state.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(prev & PENDING != 0, "settled more copies than were queued");
-        (prev & STOPPED == 0).then_some(prev & PENDING == 1)
+        prev & STOPPED == 0
     }
 
     /// Records a progress report; returns the subscriptions (of `subs`)

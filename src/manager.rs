@@ -1066,8 +1066,6 @@ impl Shared {
     fn end_fast(self: &Arc<Self>, cell: Arc<TaskCell>, outcome: Outcome) -> Option<Arc<TaskCell>> {
         let mut em = self.emitter.lock();
         let n = em.fan_out();
-        // The envelopes' copy (see `Envelope`).
-        let copy = (n > 0).then(|| outcome.clone());
         // Before FINISHED is visible: handles, and a task added after this
         // one, read it (cell invariants 1 and 8, `State::insert`).
         cell.keep_outcome(outcome);
@@ -1078,21 +1076,19 @@ impl Shared {
                     Some(g) => {
                         // Before the event is visible (group invariant 1).
                         let last = g.end_member();
-                        if let Some(copy) = copy {
-                            em.emit(Envelope::terminal(Arc::clone(&cell), copy));
+                        if n > 0 {
+                            em.emit(Envelope::terminal(Arc::clone(&cell)));
                         }
                         if last && n > 0 {
                             em.emit(Envelope::group_finished(&cell));
                         }
                         Some(cell)
                     }
-                    None => match copy {
-                        Some(copy) => {
-                            em.emit(Envelope::terminal(cell, copy));
-                            None
-                        }
-                        None => Some(cell),
-                    },
+                    None if n > 0 => {
+                        em.emit(Envelope::terminal(cell));
+                        None
+                    }
+                    None => Some(cell),
                 };
                 let notifier = em.take_notify();
                 drop(em);
@@ -1104,10 +1100,7 @@ impl Shared {
             }
             FastEnd::Stopped => {
                 drop(em);
-                // The cell's copy goes last, so that whichever is the last
-                // reference is dropped with no lock held, contained (its
-                // `Drop` is user code).
-                drop(copy);
+                // No lock held: its `Drop` is user code, contained.
                 if let Some(outcome) = cell.clear_outcome() {
                     unwind::contain(move || drop(outcome));
                 }
@@ -1115,9 +1108,8 @@ impl Shared {
             }
             FastEnd::Promoted => {
                 drop(em);
-                drop(copy); // the cell keeps the outcome
-                            // Became an upstream while running: end it in the graph,
-                            // with the outcome it kept.
+                // Became an upstream while running: end it in the graph,
+                // with the outcome it kept.
                 let outcome = cell.outcome().expect("kept above; only a stop clears it");
                 let (next, cell) = self.end_in_graph(cell, outcome, None);
                 debug_assert!(next.task.is_none());

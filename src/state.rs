@@ -90,9 +90,9 @@ pub(crate) struct WorkerSlot {
 pub(crate) struct Outgoing {
     /// The task; `None` once announced.
     cell: Option<Arc<TaskCell>>,
-    /// Its outcome, for its envelopes, if its terminal event is owed
-    /// (anyone subscribed; the copies are counted in the cell).
-    event: Option<Outcome>,
+    /// `true` if its terminal event is owed (anyone subscribed; the copies
+    /// are counted in the cell).
+    event: bool,
 }
 
 impl Outgoing {
@@ -108,15 +108,15 @@ impl Outgoing {
     pub(crate) fn announce(mut self, em: &mut Emitter) {
         let cell = self.cell.take().expect("announced once");
         let Some(g) = &cell.group else {
-            if let Some(outcome) = self.event.take() {
-                em.emit(Envelope::terminal(cell, outcome));
+            if self.event {
+                em.emit(Envelope::terminal(cell));
             }
             return;
         };
         // Before the event is visible (group invariant 1).
         let last = g.end_member();
-        if let Some(outcome) = self.event.take() {
-            em.emit(Envelope::terminal(Arc::clone(&cell), outcome));
+        if self.event {
+            em.emit(Envelope::terminal(Arc::clone(&cell)));
         }
         if last && em.fan_out() > 0 {
             em.emit(Envelope::group_finished(&cell));
@@ -129,8 +129,8 @@ impl Drop for Outgoing {
         // Not announced (only tests drop one so): its envelope settles its
         // copy as a queue that goes away does.
         if let Some(cell) = self.cell.take() {
-            if let Some(outcome) = self.event.take() {
-                drop(Envelope::terminal(cell, outcome));
+            if self.event {
+                drop(Envelope::terminal(cell));
             }
         }
     }
@@ -485,7 +485,7 @@ impl State {
         // never leaves this member the last one.
         self.out.push(Outgoing {
             cell: Some(Arc::clone(cell)),
-            event: (n > 0).then(|| outcome.clone()),
+            event: n > 0,
         });
         Some((downstream, order))
     }
@@ -785,7 +785,7 @@ mod tests {
         assert!(st.finish(&running, boom()).is_empty());
         assert!(up.is_dead());
         assert!(
-            st.out.iter().all(|o| o.event.is_none()),
+            st.out.iter().all(|o| !o.event),
             "no event without a subscriber"
         );
         st.out.clear();

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError as CbTryRecvError};
 
-use crate::cell::{Outcome, TaskCell};
+use crate::cell::TaskCell;
 use crate::event::Event;
 use crate::id::TaskId;
 use crate::sync::{Arc, AtomicBool, Ordering};
@@ -51,23 +51,15 @@ enum Kind {
     Progress,
 }
 
-/// One queued event, as the task cell it is about, its kind and, for a
-/// terminal event, a copy of the outcome.
+/// One queued event, as the task cell it is about and its kind: 16 bytes.
 ///
 /// The [`Event`] itself is built by the receiver when it opens the
-/// envelope: a terminal event from the outcome, a group's from the cell's
-/// group, progress from the cell's latest report. So the worker that ends
-/// a task writes a few words into each queue instead of an 88-byte event.
-///
-/// A terminal event's outcome comes from the envelope's copy when this
-/// copy's settle was the last pending one and found the task not stopped:
-/// the task is then dead (cell invariant 4), no stop can reach it, and its
-/// kept outcome, which the copy equals, can no longer be cleared. The
-/// receiver then does not touch the cell's slot, a cache line the worker
-/// just wrote (with its lock: two atomic writes). An earlier copy of an
-/// event queued to several subscriptions reads the cell's kept outcome
-/// under the slot lock, so that a stop between its settle and its read
-/// still drops it (cell invariant 3).
+/// envelope, from what the cell keeps: a terminal event from the kept
+/// outcome (`Payload::Done`, kept until the task is stopped), a group's
+/// from the cell's group, progress from the cell's latest report. So the
+/// worker that ends a task writes 16 bytes into each queue instead of an
+/// 88-byte event, and the queue's memory that travels from the worker's
+/// core to the owner's is a fifth of what it was.
 pub(crate) struct Envelope {
     /// The task the event is about (for `GroupFinished`, the task whose end
     /// finished the group).
@@ -76,21 +68,17 @@ pub(crate) struct Envelope {
     kind: Kind,
     /// `true` once the cell was told this copy is gone.
     settled: bool,
-    /// A terminal event's outcome, as the cell keeps it; `None` for other
-    /// kinds. Dropped contained if not delivered (user values).
-    outcome: Option<Outcome>,
 }
 
 impl Envelope {
     /// Stands for a task's `Completed`/`Failed`, whose copies the caller
     /// counted in the cell (one per subscriber: `Emitter::fan_out`); the
-    /// cell must keep `outcome` (`TaskCell::keep_outcome`) first.
-    pub(crate) fn terminal(cell: Arc<TaskCell>, outcome: Outcome) -> Self {
+    /// cell must keep its outcome (`TaskCell::keep_outcome`) first.
+    pub(crate) fn terminal(cell: Arc<TaskCell>) -> Self {
         Envelope {
             gate: cell,
             kind: Kind::Terminal,
             settled: false,
-            outcome: Some(outcome),
         }
     }
 
@@ -102,7 +90,6 @@ impl Envelope {
             gate: Arc::clone(cell),
             kind: Kind::GroupFinished,
             settled: false,
-            outcome: None,
         }
     }
 
@@ -113,7 +100,6 @@ impl Envelope {
             gate: Arc::clone(cell),
             kind: Kind::Progress,
             settled: false,
-            outcome: None,
         }
     }
 
@@ -123,7 +109,6 @@ impl Envelope {
             gate: Arc::clone(&self.gate),
             kind: self.kind,
             settled: false,
-            outcome: self.outcome.clone(),
         }
     }
 
@@ -145,20 +130,13 @@ impl Envelope {
         let group = |cell: &TaskCell| cell.group.as_ref().map(|g| g.key.clone());
         match self.kind {
             Kind::Terminal => {
-                if std::mem::replace(&mut self.settled, true) {
+                if !self.settle() {
                     return None;
                 }
-                let outcome = match self.gate.settle_copy()? {
-                    // The last copy: the task is dead, its outcome final.
-                    true => match self.outcome.take() {
-                        Some(outcome) => outcome,
-                        None => self.gate.kept_outcome()?,
-                    },
-                    // `None` only if a stop came after the settle: the stop
-                    // cleared the outcome, and the event is dropped as if
-                    // the stop had come first (cell invariant 3).
-                    false => self.gate.kept_outcome()?,
-                };
+                // `None` only if a stop came after the settle: the stop
+                // cleared the outcome, and the event is dropped as if the
+                // stop had come first (cell invariant 3).
+                let outcome = self.gate.kept_outcome()?;
                 Some(crate::state::terminal_event(
                     &self.gate,
                     outcome,
@@ -190,11 +168,6 @@ impl Drop for Envelope {
         // A queue that goes away without delivering still settles its copy,
         // so the task stops being live once no queue holds its event.
         self.settle();
-        if let Some(outcome) = self.outcome.take() {
-            // A user's value if the task was stopped meanwhile (the stop
-            // dropped the cell's copy): contained.
-            crate::unwind::contain(move || drop(outcome));
-        }
     }
 }
 

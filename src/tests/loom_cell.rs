@@ -83,51 +83,6 @@ fn loom_stop_vs_drain() {
     });
 }
 
-/// A task's event queued in two subscriptions, both draining while the
-/// owner stops the task. Each drain does what `Envelope::open` does: the
-/// copy whose settle was the last delivers the envelope's own copy of the
-/// outcome without reading the cell; the other reads the cell's kept
-/// outcome, which a stop clears. The last-copy path is taken only when the
-/// task is dead, so a stop then finds it not live; a stop that found it
-/// live (finished, event pending) leaves no copy to take that path.
-#[test]
-fn loom_last_copy_vs_stop() {
-    loom::model(|| {
-        let cell = claimed(1);
-        let outcome = crate::cell::Outcome::Completed(crate::result::TaskResult::new(7u32));
-        cell.keep_outcome(outcome.clone());
-        assert_eq!(cell.end_fast(2).0, FastEnd::Finished);
-        let drain = |cell: Arc<crate::cell::TaskCell>, copy: crate::cell::Outcome| {
-            thread::spawn(move || match cell.settle_copy() {
-                None => (false, false),
-                Some(true) => {
-                    drop(copy);
-                    (true, true)
-                }
-                Some(false) => (cell.kept_outcome().is_some(), false),
-            })
-        };
-        let a = drain(Arc::clone(&cell), outcome.clone());
-        let b = drain(Arc::clone(&cell), outcome);
-        let (stop, _) = cell.stop();
-        if stop == StopFound::Finished {
-            drop(cell.clear_outcome());
-        }
-        let (a, b) = (a.join().unwrap(), b.join().unwrap());
-        let via_copy = a.1 || b.1;
-        match stop {
-            StopFound::NotLive => {
-                assert!(a.0 && b.0, "dead before the stop, yet a copy was dropped");
-                assert!(via_copy, "the last settle did not see itself last");
-            }
-            StopFound::Finished => assert!(!via_copy, "a live task's copy delivered unread"),
-            StopFound::Unfinished { .. } => panic!("the task had finished"),
-        }
-        assert!(cell.is_dead());
-        assert!(!cell.has_pending());
-    });
-}
-
 /// Shut-down (stop every task, then close) races a worker ending a task and
 /// a subscription draining it. Nothing is delivered after the close, and an
 /// event is delivered only if the shut-down found the task no longer live.
