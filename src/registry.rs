@@ -207,4 +207,49 @@ mod tests {
             assert_eq!(r.find(seq).map(|c| c.seq), expected, "seq {seq}");
         }
     }
+
+    /// Everything a `Released` holds, in order.
+    fn seqs(released: Released) -> Vec<u64> {
+        match released {
+            Released::None => Vec::new(),
+            Released::One(c) => vec![c.seq],
+            Released::Many(cs) => cs.iter().map(|c| c.seq).collect(),
+        }
+    }
+
+    #[test]
+    fn pushing_releases_dead_cells_and_compaction_keeps_the_order() {
+        let mut r = Registry::default();
+        // The front cell stays live, so dead ones pile up behind it.
+        let cells: Vec<_> = (0..1024).map(cell).collect();
+        for c in &cells {
+            assert!(seqs(r.push(Arc::clone(c))).is_empty());
+        }
+        for c in cells.iter().skip(1).filter(|c| c.seq % 3 == 0) {
+            let _ = c.stop();
+            assert!(c.is_dead());
+        }
+        // Pushing up to twice the last compaction's size (at least 1,024)
+        // compacts: every dead cell is handed out, none is dropped here,
+        // and the live ones keep their order (invariant 1).
+        let mut released = Vec::new();
+        for seq in 1024..2048 {
+            released.extend(seqs(r.push(cell(seq))));
+        }
+        // (Dead cells leave in no particular order: they are only dropped.)
+        released.sort_unstable();
+        let dead: Vec<u64> = (1..1024).filter(|s| s % 3 == 0).collect();
+        assert_eq!(released, dead);
+        for seq in 0..2048 {
+            let live = seq >= 1024 || seq == 0 || seq % 3 != 0;
+            assert_eq!(r.find(seq).map(|c| c.seq), live.then_some(seq), "seq {seq}");
+        }
+        // Once the front cell dies, it goes on the next push, with the dead
+        // run behind it.
+        let _ = cells[0].stop();
+        let _ = cells[1].stop();
+        let _ = cells[2].stop();
+        assert_eq!(seqs(r.push(cell(2048))), [0, 1, 2]);
+        assert_eq!(r.clear().len(), 2049 - 3 - dead.len()); // cells 0..=2048
+    }
 }
