@@ -51,13 +51,8 @@ fn kwargs_that_panic_when_dropped_after_the_task_ran_take_no_worker_down() {
         .kwargs(kwargs)
         .spawn(|ctx: &TaskContext| Ok::<_, Infallible>(ctx.kwargs().contains_key("bomb")))
         .unwrap();
-    match next(&sub) {
-        Event::Completed { id, result, .. } => {
-            assert_eq!(id, h.id());
-            assert_eq!(result.downcast_ref::<bool>(), Some(&true));
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    let result = next_completed(&sub, h.id());
+    assert_eq!(result.downcast_ref::<bool>(), Some(&true));
     // Dropped by the worker before it ended the task.
     assert_eq!(drops.load(Ordering::SeqCst), 1);
     assert_two_workers_take_tasks(&m);
@@ -76,13 +71,9 @@ fn a_result_that_panics_when_its_cell_is_freed_breaks_no_add_and_no_worker() {
     let h = m
         .add_task(move |_: &TaskContext| Ok::<_, Infallible>(b))
         .unwrap();
-    match next(&sub) {
-        Event::Completed { id, result, .. } => {
-            assert_eq!(id, h.id());
-            assert!(result.downcast_ref::<Bomb>().is_some());
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    let result = next_completed(&sub, h.id());
+    assert!(result.downcast_ref::<Bomb>().is_some());
+    drop(result);
     drop(h);
     assert_eq!(drops.load(Ordering::SeqCst), 0, "the cell keeps a copy");
     assert!(m.wait_idle(TIMEOUT));

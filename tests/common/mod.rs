@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bgtask::{
     Event, Group, RecvError, Subscription, TaskBuilder, TaskContext, TaskHandle, TaskId,
-    TaskManager,
+    TaskManager, TaskResult,
 };
 
 /// How long any wait in a test may take before the test fails. Generous:
@@ -383,5 +383,19 @@ impl Drop for PanicsWhenDropped {
         if !thread::panicking() {
             panic!("a result that panics when dropped");
         }
+    }
+}
+
+/// Receives the next event, which must be the `Completed` of `id`;
+/// returns its result.
+pub fn next_completed(sub: &Subscription, id: TaskId) -> TaskResult {
+    match next(sub) {
+        Event::Completed {
+            id: got, result, ..
+        } => {
+            assert_eq!(got, id, "the Completed of another task");
+            result
+        }
+        other => panic!("expected the Completed of {id:?}, got {other:?}"),
     }
 }
