@@ -223,11 +223,21 @@ fn panic_payload_str_and_string_become_the_message() {
             "traceback does not start with `panicked at`:\n{traceback}"
         );
         if wants_backtrace {
-            // RUST_BACKTRACE asks for one: the task's frame is in it.
+            // RUST_BACKTRACE asks for one: it is there, after the location.
             assert!(
-                traceback.contains("panic_payload_str_and_string_become_the_message"),
+                traceback.contains("\nstack backtrace:\n"),
                 "no backtrace although RUST_BACKTRACE asks for one:\n{traceback}"
             );
+            // With debug assertions (and so, in the test profile, debug
+            // info) the task's closure is a frame of its own. A release
+            // build without debug info inlines it into the worker and keeps
+            // no record of the inlining (RELIABILITY.md finding 23).
+            if cfg!(debug_assertions) {
+                assert!(
+                    traceback.contains("panic_payload_str_and_string_become_the_message"),
+                    "the task's frame is not in the backtrace:\n{traceback}"
+                );
+            }
         }
         let line = lines[i].load(Ordering::SeqCst);
         let loc = format!("{}:{line}:", file!());
