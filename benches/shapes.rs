@@ -9,6 +9,7 @@
 //! cargo bench --bench shapes -- priority 100000 # random priorities, 1 worker
 //! cargo bench --bench shapes -- w3 100000       # W3 as the peers bench runs it
 //! cargo bench --bench shapes -- w3-split 100000 # W3's parts, one at a time
+//! cargo bench --bench shapes -- w5 200000       # W5: stop half of 100 groups
 //! valgrind --tool=callgrind target/release/deps/shapes-<hash> dag 20000
 //! ```
 //!
@@ -23,6 +24,11 @@
 //! steps: adding it while paused, running it (`start_processing` to
 //! `wait_idle`) while nobody receives, then receiving every event.
 //! `SHAPES_WORKERS=1` runs either with one worker.
+//!
+//! `w5` queues its tasks in 100 groups behind two workers held busy, stops
+//! every other group (timed on its own: under callgrind, the inclusive
+//! count of `stop_task_group` over the number stopped is the instructions
+//! per stopped task), then releases the workers and drains the rest.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -172,6 +178,71 @@ fn run_w3(n: usize, split: bool) {
     }
 }
 
+/// Runs `w5` with `n` tasks in 100 groups and prints what it measured.
+fn run_w5(n: usize) {
+    const GROUPS: usize = 100;
+    let manager = TaskManager::builder()
+        .max_threads(2)
+        .start_processing(true)
+        .build()
+        .expect("build a manager");
+    let events = manager.subscribe();
+    // Two tasks hold the two workers until `release` is dropped.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(held));
+    let (started, starts) = std::sync::mpsc::channel::<()>();
+    for _ in 0..2 {
+        let (held, started) = (std::sync::Arc::clone(&held), started.clone());
+        manager
+            .add_task(move |_| {
+                started.send(()).expect("the bench waits");
+                // Returns once `release` is dropped (a disconnect).
+                let _ = held.lock().expect("not poisoned").recv();
+                Ok::<_, Infallible>(0u32)
+            })
+            .expect("add a holder");
+    }
+    for _ in 0..2 {
+        starts
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a holder did not start");
+    }
+    let groups: Vec<_> = (0..GROUPS).map(|_| manager.next_group_id()).collect();
+    for i in 0..n {
+        manager
+            .task()
+            .group(groups[i % GROUPS].clone())
+            .spawn(move |_| Ok::<_, Infallible>(i as u32))
+            .expect("add a task");
+    }
+    let start = Instant::now();
+    let stopped: usize = groups
+        .iter()
+        .step_by(2)
+        .map(|g| manager.stop_task_group(g, false, false))
+        .sum();
+    let stop = start.elapsed();
+    let start = Instant::now();
+    drop(release);
+    let live = n - stopped + 2;
+    let mut completed = 0;
+    while completed < live {
+        match events.recv_timeout(Duration::from_secs(60)) {
+            Ok(Event::Completed { .. }) => completed += 1,
+            Ok(Event::GroupFinished { .. }) => {}
+            Ok(other) => panic!("unexpected event {other:?}"),
+            Err(err) => panic!("no event within 60 s: {err}"),
+        }
+    }
+    let drain = start.elapsed();
+    manager.shut_down();
+    println!(
+        "w5: {n} tasks; stopped {stopped} in {stop:?} ({:.0} ns per stopped task), drained {live} in {drain:?} ({:.0} ns per task)",
+        stop.as_nanos() as f64 / stopped as f64,
+        drain.as_nanos() as f64 / live as f64
+    );
+}
+
 /// CPU time so far of the calling thread and of the manager's workers,
 /// from `/proc/*/sched` (`None` where there is no such file).
 fn cpu_times() -> Option<(Duration, Duration)> {
@@ -206,6 +277,10 @@ fn main() {
         .map_or(100_000, |s| s.parse().expect("a task count"));
     if shape == "w3" || shape == "w3-split" {
         run_w3(n, shape == "w3-split");
+        return;
+    }
+    if shape == "w5" {
+        run_w5(n);
         return;
     }
     let elapsed = run(shape, n);
