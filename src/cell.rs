@@ -396,6 +396,15 @@ impl Drop for Job {
 }
 
 impl Slot {
+    /// The job of `cell`, a task that will never run, whose pending
+    /// payload (just taken out of this slot) held `pending`.
+    fn unrun_job(&mut self, cell: &Arc<TaskCell>, pending: Option<Box<Input>>) -> Job {
+        Job {
+            cell: Arc::clone(cell),
+            _input: self.unrun_input(pending),
+        }
+    }
+
     /// Takes the input of a task that will never run, whose pending
     /// payload held `pending`: that (a task without upstream keeps its
     /// kwargs there), or what its node gathered (kwargs and upstream
@@ -638,13 +647,7 @@ impl TaskCell {
     pub(crate) fn take_job(self: &Arc<Self>) -> Option<Job> {
         let mut slot = self.payload.lock();
         match std::mem::replace(&mut slot.work, Payload::Empty) {
-            Payload::Pending { input } => {
-                let input = slot.unrun_input(input);
-                Some(Job {
-                    cell: Arc::clone(self),
-                    _input: input,
-                })
-            }
+            Payload::Pending { input } => Some(slot.unrun_job(self, input)),
             other => {
                 slot.work = other; // taken already, or ended: an outcome stays
                 None
@@ -770,13 +773,7 @@ impl TaskCell {
             .ok()?; // stopped a moment ago: the stop owns its end
                     // A blocked task's work is still here: it never runs.
         let job = match std::mem::replace(&mut slot.work, Payload::Done(outcome.clone(), order)) {
-            Payload::Pending { input } => {
-                let input = slot.unrun_input(input);
-                Some(Job {
-                    cell: Arc::clone(self),
-                    _input: input,
-                })
-            }
+            Payload::Pending { input } => Some(slot.unrun_job(self, input)),
             _ => None,
         };
         let mut downstream = Cells::new();

@@ -1101,9 +1101,7 @@ impl Shared {
             FastEnd::Stopped => {
                 drop(em);
                 // No lock held: its `Drop` is user code, contained.
-                if let Some(outcome) = cell.clear_outcome() {
-                    unwind::contain(move || drop(outcome));
-                }
+                unwind::drop_each(cell.clear_outcome());
                 Some(cell)
             }
             FastEnd::Promoted => {

@@ -62,9 +62,7 @@ impl Released {
     pub(crate) fn drop_contained(self) {
         match self {
             Released::None => {}
-            Released::One(cell) => {
-                crate::unwind::contain(move || drop(cell));
-            }
+            Released::One(cell) => crate::unwind::drop_each([cell]),
             Released::Many(cells) => crate::unwind::drop_each(cells),
         }
     }
