@@ -178,6 +178,62 @@ fn run_w3(n: usize, split: bool) {
     }
 }
 
+/// Runs `w3-linked`: the W3 graph a layer at a time, each layer added
+/// while paused after the workers ran the one before (its events left
+/// undelivered, as in W3 while the owner adds), so that every add links to
+/// upstream tasks that finished on a worker: the owner's add in the rounds
+/// of W3 where the workers keep up, without the hand-outs. Prints the
+/// owner's wall and CPU time per add.
+fn run_w3_linked(n: usize) {
+    const WIDTH: usize = 1000;
+    let graph = w3_graph(n);
+    let manager = TaskManager::builder()
+        .max_threads(2)
+        .start_processing(false)
+        .build()
+        .expect("build a manager");
+    let events = manager.subscribe();
+    let mut ids: Vec<TaskId> = Vec::with_capacity(n);
+    let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
+    for layer in graph.chunks(WIDTH) {
+        let cpu_before = cpu_times().map_or(Duration::ZERO, |t| t.0);
+        let start = Instant::now();
+        for up in layer {
+            let i = ids.len();
+            let task = manager.task();
+            let task = match up {
+                Some([a, b]) => task.after([ids[*a], ids[*b]]),
+                None => task,
+            };
+            let handle = task
+                .spawn(move |_| Ok::<_, Infallible>(i as u32))
+                .expect("add a task");
+            ids.push(handle.id());
+        }
+        wall += start.elapsed();
+        cpu += cpu_times().map_or(Duration::ZERO, |t| t.0) - cpu_before;
+        manager.start_processing();
+        assert!(
+            manager.wait_idle(Duration::from_secs(60)),
+            "not idle within 60 s"
+        );
+        manager.pause_processing();
+    }
+    for _ in 0..n {
+        match events.recv_timeout(Duration::from_secs(60)) {
+            Ok(Event::Completed { .. }) => {}
+            Ok(other) => panic!("unexpected event {other:?}"),
+            Err(err) => panic!("no event within 60 s: {err}"),
+        }
+    }
+    manager.shut_down();
+    println!(
+        "w3-linked: {n} tasks; adding {:.0} ns per task, owner CPU {:.0} ns per task",
+        wall.as_nanos() as f64 / n as f64,
+        cpu.as_nanos() as f64 / n as f64
+    );
+}
+
 /// Runs `w5` with `n` tasks in 100 groups and prints what it measured.
 fn run_w5(n: usize) {
     const GROUPS: usize = 100;
@@ -277,6 +333,10 @@ fn main() {
         .map_or(100_000, |s| s.parse().expect("a task count"));
     if shape == "w3" || shape == "w3-split" {
         run_w3(n, shape == "w3-split");
+        return;
+    }
+    if shape == "w3-linked" {
+        run_w3_linked(n);
         return;
     }
     if shape == "w5" {
