@@ -62,7 +62,7 @@ use smallvec::SmallVec;
 use crate::group::GroupState;
 use crate::kwargs::Kwargs;
 use crate::result::TaskResult;
-use crate::sync::{Arc, AtomicI32, AtomicU64, Mutex, Ordering, Weak};
+use crate::sync::{Arc, AtomicI32, AtomicU32, AtomicU64, Mutex, Ordering, Weak};
 use crate::task::TaskContext;
 use crate::unwind::Failure;
 
@@ -232,8 +232,9 @@ struct Progress {
 }
 
 /// A task's place in the dependency graph: present once the task has
-/// upstream tasks or a task was added after it while it was live (it is
-/// then `PROMOTED`). Read and changed only under the scheduler lock (and
+/// upstream tasks or a task was added after it before it ended (it is
+/// then `PROMOTED`; a task added after it once it finished gets a late
+/// edge in the registry instead, registry invariant 4). Read and changed only under the scheduler lock (and
 /// the slot lock, which guards it); see `state.rs` for its invariants.
 ///
 /// Edges are `Weak`: the registry holds every live task, so an edge to a
@@ -255,7 +256,7 @@ pub(crate) struct Node {
     /// Own kwargs and upstream results gathered while blocked; the worker
     /// takes them when it starts the task.
     pub(crate) input: Input,
-    /// Tasks added later with this one upstream.
+    /// Tasks added later with this one upstream, before it finished.
     pub(crate) downstream: SmallVec<[Weak<TaskCell>; 2]>,
     /// Upstream tasks that were live when this task was added.
     pub(crate) upstream: SmallVec<[Weak<TaskCell>; 2]>,
@@ -428,17 +429,22 @@ impl Slot {
 pub(crate) struct TaskCell<W: ?Sized + Work = dyn Work> {
     /// Sequence number (its `TaskId` within the manager).
     pub(crate) seq: u64,
+    /// Flags and pending count (module invariants).
+    state: AtomicU64,
+    /// The registry's list of edges to tasks added after this one finished
+    /// (registry invariant 4); read and written under the registry lock
+    /// only. (Next to `priority`, in what was padding: the cell is no
+    /// larger.)
+    pub(crate) late_head: AtomicU32,
     /// Higher runs first; changed by `set_priority` under the scheduler lock.
     priority: AtomicI32,
+    /// Whether the work is pending, then the outcome, and the waiters.
+    pub(crate) payload: Mutex<Slot>,
+    /// The task's group, if any.
+    pub(crate) group: Option<Arc<GroupState>>,
     /// When the task was added, for its tracing span (0: not traced).
     #[cfg(feature = "tracing")]
     pub(crate) queued_at: u64,
-    /// The task's group, if any.
-    pub(crate) group: Option<Arc<GroupState>>,
-    /// Flags and pending count (module invariants).
-    state: AtomicU64,
-    /// Whether the work is pending, then the outcome, and the waiters.
-    pub(crate) payload: Mutex<Slot>,
     /// The work (last: the unsized field).
     work: W,
 }
@@ -472,6 +478,7 @@ impl<W: Work> TaskCell<W> {
         TaskCell {
             seq,
             priority: AtomicI32::new(priority),
+            late_head: AtomicU32::new(crate::registry::NO_LATE),
             #[cfg(feature = "tracing")]
             queued_at: crate::trace::queued_at(),
             group,

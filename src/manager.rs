@@ -25,7 +25,7 @@
 //! `spawn` returns, so an upstream ending a moment later releases it with
 //! its result. If every upstream had ended it is ready at once and takes
 //! the same way as a fast task (FIFO or inbox). A task with edges (it has
-//! upstream tasks, or one was added after it while it was live) ends under
+//! upstream tasks, or one was added after it before it ended) ends under
 //! the scheduler lock, which releases its downstream tasks into the locked
 //! ready queue (`state.rs`). A worker that finds that lock taken queues its
 //! end instead, and the lock's next holder decides it along with its own
@@ -620,7 +620,7 @@ impl Shared {
                 node: Some(node),
             });
             let released = registry.push(Arc::clone(&cell));
-            let linked = state::link(&registry, &cell, &upstream);
+            let linked = state::link(&mut registry, &cell, &upstream);
             if matches!(linked, Linked::Ready) && priority == 0 {
                 // Under the registry lock, like a fast task: FIFO order is id order.
                 self.fifo.push(Arc::clone(&cell));
@@ -1832,7 +1832,7 @@ impl TaskManager {
         if seeds.is_empty() {
             return 0;
         }
-        let stopped = st.stop(seeds, up, down);
+        let stopped = st.stop(&shared.env(), seeds, up, down);
         st.discard(stopped.jobs);
         shared.dispatch(&mut st);
         shared.wake_idle_waiters(&st);

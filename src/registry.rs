@@ -22,11 +22,42 @@
 //!    each contained (`unwind::drop_each`). The registry's reference is
 //!    often a cell's last, and dropping the cell drops the result it
 //!    keeps for its handles, a user value whose `Drop` may panic.
+//! 4. *Late edges.* A task added after an upstream task that had finished
+//!    (its event still undelivered, so it is live) gets no edge in that
+//!    task's node: nothing will release it, and the edge serves only stop
+//!    cascades (a stop goes on from such a task, SPEC 6). The edge is kept
+//!    here instead, in a list per upstream task threaded through `late`
+//!    from its cell's `late_head`, read and changed under this lock only,
+//!    by `state::link` while it holds the upstream's slot lock and by a
+//!    stop that holds this lock from its compare-and-swap on the upstream
+//!    until it has read the list (so a stop either comes first, and the
+//!    linker sees the task stopped, or sees the edge; and a list is never
+//!    read after its cell left the registry, when it may be reclaimed).
+//!    Writing the upstream's node would cost the owner a cache miss: the
+//!    worker that ended the task wrote next to it. The lists of cells that
+//!    left are garbage, reclaimed by rebuilding `late` once they are at
+//!    least half of it and a quarter of the registry's length (amortised
+//!    O(1) per edge).
 
 use std::collections::VecDeque;
 
 use crate::cell::TaskCell;
-use crate::sync::Arc;
+use crate::sync::{Arc, Ordering};
+
+/// `TaskCell::late_head` of a task without late edges (invariant 4).
+pub(crate) const NO_LATE: u32 = u32::MAX;
+
+/// A late edge (invariant 4): to task `down`, in the list of an upstream
+/// task; `next` is the list's next entry in `Registry::late`.
+#[derive(Debug, Clone, Copy)]
+struct LateEdge {
+    down: u64,
+    next: u32,
+}
+
+/// Late edges left in lists of cells that left the registry, below which
+/// `late` is never rebuilt.
+const LATE_GARBAGE_MIN: usize = 1024;
 
 /// Cells the registry let go of, for the caller to drop once no lock is
 /// held (invariant 3). A push usually lets go of none or one: those cases
@@ -86,6 +117,10 @@ pub(crate) struct Registry {
     /// Length at which the next compaction runs (invariant 2; at least
     /// [`FIRST_COMPACTION`]).
     next_compaction: usize,
+    /// The late edges' lists (invariant 4).
+    late: Vec<LateEdge>,
+    /// Entries of `late` in lists of cells that left.
+    late_garbage: usize,
 }
 
 impl Registry {
@@ -110,11 +145,15 @@ impl Registry {
                 }
             }
             if kept < read {
+                for i in kept..read {
+                    self.late_garbage += self.late_len(&self.cells[i]);
+                }
                 released.add_all(self.cells.drain(kept..));
             }
             let factor = if (read - kept) * 4 < read { 4 } else { 2 };
             self.next_compaction = kept * factor;
         }
+        self.reclaim_late();
         released
     }
 
@@ -124,14 +163,102 @@ impl Registry {
     pub(crate) fn take_dead(&mut self) -> Vec<Arc<TaskCell>> {
         let mut dead = Vec::new();
         self.pop_dead(|c| dead.push(c));
+        self.reclaim_late();
         dead
     }
 
     /// Hands the dead cells at the front to `f`, in order.
     fn pop_dead(&mut self, mut f: impl FnMut(Arc<TaskCell>)) {
         while self.cells.front().is_some_and(|c| c.is_dead()) {
-            f(self.cells.pop_front().expect("a front cell was just seen"));
+            let cell = self.cells.pop_front().expect("a front cell was just seen");
+            self.late_garbage += self.late_len(&cell);
+            f(cell);
         }
+    }
+
+    /// Records a late edge (invariant 4) from task `up`, registered and
+    /// finished with its event pending, to task `down`. Returns `false`,
+    /// recording nothing, if `up` is not registered or `late` has no room
+    /// left (its indices are `u32`s; see [`has_late_room`](Self::has_late_room)).
+    pub(crate) fn add_late(&mut self, up: u64, down: u64) -> bool {
+        let at = match u32::try_from(self.late.len()) {
+            Ok(at) if at != NO_LATE => at,
+            _ => return false,
+        };
+        let Some(cell) = self.find(up) else {
+            return false;
+        };
+        let next = cell.late_head.swap(at, Ordering::Relaxed);
+        self.late.push(LateEdge { down, next });
+        true
+    }
+
+    /// Returns `true` if `n` more late edges fit (see [`add_late`](Self::add_late)).
+    pub(crate) fn has_late_room(&self, n: usize) -> bool {
+        self.late.len() + n < NO_LATE as usize
+    }
+
+    /// Returns the registered tasks of `up`'s late edges (invariant 4:
+    /// `up` is registered, and this lock was held since it was stopped).
+    pub(crate) fn late_downstream(&self, up: &TaskCell) -> Vec<Arc<TaskCell>> {
+        let mut found = Vec::new();
+        let mut at = up.late_head.load(Ordering::Relaxed);
+        while at != NO_LATE {
+            let edge = self.late[at as usize];
+            found.extend(self.find(edge.down).cloned());
+            at = edge.next;
+        }
+        found
+    }
+
+    /// The length of `cell`'s list of late edges.
+    fn late_len(&self, cell: &TaskCell) -> usize {
+        let mut n = 0;
+        let mut at = cell.late_head.load(Ordering::Relaxed);
+        while at != NO_LATE {
+            n += 1;
+            at = self.late[at as usize].next;
+        }
+        n
+    }
+
+    /// Rebuilds `late` with the lists of registered cells only, once the
+    /// garbage is at least half of it and a quarter of the registry's
+    /// length (invariant 4): reading every cell's list head is then paid
+    /// for by the garbage edges let go of.
+    fn reclaim_late(&mut self) {
+        let garbage = self.late_garbage;
+        if garbage < LATE_GARBAGE_MIN
+            || 2 * garbage < self.late.len()
+            || 4 * garbage < self.cells.len()
+        {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.late.len() - garbage);
+        for cell in &self.cells {
+            let mut at = cell.late_head.load(Ordering::Relaxed);
+            if at == NO_LATE {
+                continue;
+            }
+            // The same list, in the same order (indices fit: `kept` is
+            // shorter than `late`).
+            cell.late_head.store(kept.len() as u32, Ordering::Relaxed);
+            while at != NO_LATE {
+                let edge = self.late[at as usize];
+                at = edge.next;
+                let next = if at == NO_LATE {
+                    NO_LATE
+                } else {
+                    kept.len() as u32 + 1
+                };
+                kept.push(LateEdge {
+                    down: edge.down,
+                    next,
+                });
+            }
+        }
+        self.late = kept;
+        self.late_garbage = 0;
     }
 
     /// Returns the cell of `seq`, if it is still registered.
@@ -176,6 +303,8 @@ impl Registry {
     #[must_use = "the released cells must be dropped once no lock is held"]
     pub(crate) fn clear(&mut self) -> VecDeque<Arc<TaskCell>> {
         self.next_compaction = 0;
+        self.late = Vec::new();
+        self.late_garbage = 0;
         std::mem::take(&mut self.cells)
     }
 }
@@ -262,6 +391,52 @@ mod tests {
         let _ = cells[2].stop();
         assert_eq!(seqs(r.push(cell(2048))), [0, 1, 2]);
         assert_eq!(r.clear().len(), 2049 - 3 - dead.len()); // cells 0..=2048
+    }
+
+    #[test]
+    fn late_edges_are_listed_per_upstream_and_survive_reclaiming() {
+        let mut r = Registry::default();
+        let cells: Vec<_> = (0..3000).map(cell).collect();
+        for c in &cells {
+            drop(r.push(Arc::clone(c)));
+        }
+        for up in 1..2000 {
+            assert!(r.add_late(up, up + 1000));
+        }
+        assert!(r.add_late(2500, 2998));
+        assert!(r.add_late(2500, 2999));
+        assert!(
+            !r.add_late(3000, 1),
+            "an unregistered upstream gets no edge"
+        );
+        let listed = |r: &Registry, up: usize| -> Vec<u64> {
+            r.late_downstream(&cells[up])
+                .iter()
+                .map(|c| c.seq)
+                .collect()
+        };
+        assert_eq!(listed(&r, 2500), [2999, 2998], "newest first");
+        assert_eq!(listed(&r, 7), [1007]);
+        assert!(listed(&r, 2600).is_empty());
+        // The cells with 1,999 of the 2,001 edges leave from the front: that
+        // garbage is more than half of the edges and a quarter of the
+        // registry, so the next push rebuilds the list.
+        for c in &cells[..2000] {
+            let _ = c.stop();
+        }
+        assert_eq!(seqs(r.push(cell(3000))), (0..2000).collect::<Vec<u64>>());
+        assert_eq!(r.late.len(), 2);
+        assert_eq!(r.late_garbage, 0);
+        assert_eq!(listed(&r, 2500), [2999, 2998]);
+        // A listed task that left is skipped.
+        assert!(r.add_late(2600, 1500));
+        assert_eq!(listed(&r, 2600), [] as [u64; 0]);
+        assert!(r.add_late(2600, 2700));
+        assert_eq!(listed(&r, 2600), [2700]);
+        // Below the minimum garbage, nothing is rebuilt.
+        let _ = cells[2000].stop();
+        drop(r.push(cell(3001)));
+        assert_eq!(r.late.len(), 4);
     }
 
     /// Pushes cells `from..to`, returning the seqs released on the way and

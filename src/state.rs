@@ -6,7 +6,7 @@
 //! the locked ready queue) to a worker, and end with atomics on their cell
 //! (see `cell.rs`). A task gets a graph *node* (`cell::Node`, kept in its
 //! cell) when it has upstream tasks (at once) or when a task is added after
-//! it while it is live (*promotion*); from then on its end goes through
+//! it before it ended (*promotion*); from then on its end goes through
 //! this lock. Every live task is in the registry, so a task is found by id
 //! without hashing, and the graph is walked through the nodes' edges.
 //!
@@ -17,7 +17,10 @@
 //!    linking a new task (`link`, which holds the registry lock instead).
 //!    A node's edges are kept while its task is live to the owner (so
 //!    stops cascade through a finished task whose event is pending); edges
-//!    to tasks that are no longer live are skipped, never followed.
+//!    to tasks that are no longer live are skipped, never followed. A task
+//!    added after one that had finished, its event pending, gets no edge
+//!    in that task's node but a late edge in the registry (registry
+//!    invariant 4), which only stop cascades follow.
 //! 2. A node's `waiting_on` counts its upstream tasks that have not ended,
 //!    plus one that `link` holds until it has seen every upstream task.
 //!    The node is *blocked* while it is positive. It reaches 0 exactly once:
@@ -374,7 +377,7 @@ impl State {
         let (linked, released) = {
             let mut registry = env.registry.lock();
             let released = registry.push(Arc::clone(cell));
-            (link(&registry, cell, upstream), released)
+            (link(&mut registry, cell, upstream), released)
         };
         drop(released); // a test's cells: nothing of a user's
         match linked {
@@ -515,8 +518,15 @@ impl State {
     }
 
     /// Stops `seeds` and, following upstream edges if `up` and downstream
-    /// edges if `down`, every live task reachable from a stopped one.
-    pub(crate) fn stop(&mut self, seeds: Vec<Arc<TaskCell>>, up: bool, down: bool) -> Stopped {
+    /// edges (late ones too, registry invariant 4) if `down`, every live
+    /// task reachable from a stopped one.
+    pub(crate) fn stop(
+        &mut self,
+        env: &Env<'_>,
+        seeds: Vec<Arc<TaskCell>>,
+        up: bool,
+        down: bool,
+    ) -> Stopped {
         // Pass 1: decide the set, stopping each cell as it joins (after
         // this no queue delivers its events: cell invariant 3).
         // A cell reached twice is found not live the second time (it was
@@ -524,7 +534,18 @@ impl State {
         let mut stack = seeds;
         let mut stopped: Vec<(Arc<TaskCell>, StopFound)> = Vec::with_capacity(stack.len());
         while let Some(cell) = stack.pop() {
-            let (found, wakes) = cell.stop();
+            let (found, wakes) = if down {
+                // The registry lock from the stop until the late edges are
+                // read (registry invariant 4).
+                let registry = env.registry.lock();
+                let (found, wakes) = cell.stop();
+                if found == StopFound::Finished {
+                    stack.extend(registry.late_downstream(&cell));
+                }
+                (found, wakes)
+            } else {
+                cell.stop()
+            };
             self.wakes.extend(wakes);
             if found == StopFound::NotLive {
                 continue;
@@ -579,7 +600,7 @@ impl State {
     pub(crate) fn shut_down(&mut self, env: &Env<'_>) -> Vec<Job> {
         self.mode = Mode::ShutDown;
         let all = self.all_live(env);
-        let stopped = self.stop(all, false, false);
+        let stopped = self.stop(env, all, false, false);
         self.ready.clear();
         self.queued = 0;
         stopped.jobs
@@ -621,52 +642,71 @@ pub(crate) fn new_node(kwargs: Option<Kwargs>, upstream: &Ids) -> Box<Node> {
 /// and each upstream cell's slot lock in turn.
 ///
 /// Per upstream task, under its slot lock: one that is live and has not
-/// finished gets an edge to `cell` and keeps its count (its end, which
-/// takes a snapshot of its edges under the same lock, releases `cell`); a
-/// live fast task is promoted first, so that its end goes through the
-/// graph. One that finished with its event pending gets an edge too (stop
-/// cascades go through it) and gives its outcome now: a result to merge,
-/// or a failure to inherit. One that ended otherwise is simply satisfied
-/// (SPEC 3). Then, under `cell`'s slot lock, the counts of the upstream
-/// tasks that were satisfied and the one held by this call are dropped; if
-/// that reaches zero, `cell` is ready. A failure cascade that reached
-/// `cell` meanwhile set its count to zero, and it is then left alone.
-pub(crate) fn link(registry: &Registry, cell: &Arc<TaskCell>, upstream: &Ids) -> Linked {
+/// finished gets an edge to `cell` in its node and keeps its count (its
+/// end, which takes a snapshot of its edges under the same lock, releases
+/// `cell`); a live fast task is promoted first, so that its end goes
+/// through the graph. One that finished with its event pending gets a
+/// late edge in the registry (registry invariant 4: stop cascades go
+/// through it) and gives its outcome now: a result to merge, or a failure
+/// to inherit. One that ended otherwise is simply satisfied (SPEC 3). Then,
+/// under `cell`'s slot lock, the counts of the upstream tasks that were
+/// satisfied and the one held by this call are dropped; if that reaches
+/// zero, `cell` is ready. A failure cascade that reached `cell` meanwhile
+/// set its count to zero, and it is then left alone.
+pub(crate) fn link(registry: &mut Registry, cell: &Arc<TaskCell>, upstream: &Ids) -> Linked {
     let mut satisfied = 1; // the count held by this call
     let mut given: SmallVec<[(u64, u64, Outcome); 2]> = SmallVec::new();
     let mut edges = SmallVec::<[Weak<TaskCell>; 2]>::new();
+    let mut late = Ids::new();
+    let late_room = registry.has_late_room(upstream.len());
     for &seq in upstream {
         let Some(up) = registry.find(seq) else {
             satisfied += 1; // ended and forgotten
             continue;
         };
         let mut slot = up.payload.lock();
-        if slot.node.is_none() {
+        // Stable under the slot lock: a promoted task ends under it, and a
+        // fast one is promoted under it only while it has not ended.
+        let finished = if up.is_promoted() {
+            if up.is_dead() {
+                satisfied += 1;
+                continue;
+            }
+            up.is_finished()
+        } else {
             match up.promote() {
-                Ok(()) | Err(Ended::FinishedPending) => slot.node = Some(Box::default()),
+                Ok(()) => {
+                    slot.node = Some(Box::default());
+                    false
+                }
+                Err(Ended::FinishedPending) => true,
                 Err(Ended::Stopped | Ended::Delivered) => {
                     satisfied += 1;
                     continue;
                 }
             }
-        }
-        // Stable under the slot lock: a promoted task ends under it.
-        if up.is_dead() {
-            satisfied += 1;
-            continue;
-        }
-        slot.node
-            .as_deref_mut()
-            .expect("given above")
-            .downstream
-            .push(Arc::downgrade(cell));
+        };
         edges.push(Arc::downgrade(up));
-        if up.is_finished() {
+        if finished {
             satisfied += 1;
             if let Payload::Done(outcome, order) = &slot.work {
                 given.push((*order, seq, outcome.clone()));
             }
+            if late_room {
+                late.push(seq); // recorded below, still under the registry lock
+                continue;
+            }
         }
+        // (A finished fast task given a node here for want of room for a
+        // late edge is not promoted: its end has happened.)
+        slot.node
+            .get_or_insert_with(Box::default)
+            .downstream
+            .push(Arc::downgrade(cell));
+    }
+    for seq in late {
+        let added = registry.add_late(seq, cell.seq);
+        debug_assert!(added, "found above, lock held; room checked");
     }
     // The first failure (in the order the upstream tasks ended) wins.
     given.sort_by_key(|(order, seq, _)| (*order, *seq));

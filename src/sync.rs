@@ -17,14 +17,14 @@ pub(crate) use std::sync::{Arc, Weak};
 pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard};
 #[cfg(not(bgtask_loom))]
 pub(crate) use std::sync::atomic::{
-    fence, AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
 #[cfg(bgtask_loom)]
 pub(crate) use self::loom_shim::{Condvar, Mutex, MutexGuard};
 #[cfg(bgtask_loom)]
 pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
 /// `parking_lot`-shaped wrappers over loom's `std`-shaped locks.

@@ -535,6 +535,50 @@ fn a_task_delivered_to_one_subscriber_only_is_still_live_and_cascades() {
     assert_eq!(counter.load(Ordering::SeqCst), 0, "d ran");
 }
 
+/// Tasks added after an upstream task that had finished, its event not
+/// yet received by every subscriber, are stopped by a stop cascading down
+/// from it, and the cascade goes on from them; a task added after the
+/// upstream was stopped counts it as satisfied and runs. (The edges from a
+/// finished task are kept apart from its node: this is their only use.)
+#[test]
+fn a_stop_cascades_to_tasks_added_after_the_upstream_finished() {
+    let m = manager(2);
+    let s1 = m.subscribe();
+    let s2 = m.subscribe();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let gate = Gate::new();
+    let (x, x_started) = add_blocker(&m, &gate);
+    started(&x_started);
+    let a = m.add_task(noop).unwrap();
+    // a has finished: s1 received its Completed, s2 still holds it.
+    assert_eq!(take_ev(&s1, 1), [Ev::Done(a.id())]);
+    // Added after a finished, and blocked on x, so they wait.
+    let d1 = counted(&m, &counter, &[a.id(), x.id()]);
+    let d2 = counted(&m, &counter, &[x.id(), a.id()]);
+    let e = counted(&m, &counter, &[d1]);
+    assert_eq!(m.stop_task(a.id(), false, true), 4, "a, d1, d2 and e");
+    for id in [d1, d2, e] {
+        assert_eq!(
+            m.stop_task(id, false, false),
+            0,
+            "{id:?} was stopped through a"
+        );
+    }
+    let f = counted(&m, &counter, &[a.id()]);
+    gate.open();
+    // x and f, in either order; never a's Completed on s2.
+    for sub in [&s1, &s2] {
+        let got = take_ev(sub, 2);
+        assert!(
+            got.contains(&Ev::Done(x.id())) && got.contains(&Ev::Done(f)),
+            "{got:?}"
+        );
+    }
+    assert_quiet(&m, &s1);
+    assert_quiet(&m, &s2);
+    assert_eq!(counter.load(Ordering::SeqCst), 1, "only f ran");
+}
+
 #[test]
 fn unknown_and_foreign_ids_stop_nothing() {
     let m = paused(1);

@@ -118,7 +118,7 @@ fn loom_link_vs_upstream_end() {
         let linked = {
             let mut registry = registry.lock();
             drop(registry.push(Arc::clone(&down)));
-            link(&registry, &down, &upstream)
+            link(&mut registry, &down, &upstream)
         };
         worker.join().unwrap();
 
@@ -141,5 +141,73 @@ fn loom_link_vs_upstream_end() {
             input.kwargs.contains_key("from_up"),
             "the upstream result was lost"
         );
+    });
+}
+
+/// The submitter links a new task to an upstream task that finished (its
+/// event undelivered, so it is live and its edge is a late edge, registry
+/// invariant 4) while another thread stops that upstream with its
+/// downstream tasks. Either the link sees the stop (the upstream counts as
+/// satisfied, no result, and the new task is not stopped), or the stop
+/// sees the late edge and stops the new task too: never a task linked to a
+/// live upstream that escapes its cascade.
+#[test]
+fn loom_link_vs_cascading_stop_of_a_finished_upstream() {
+    loom::model(|| {
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let fifo = crossbeam_queue::SegQueue::new();
+        let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
+        let up = {
+            let mut st = state.lock();
+            st.fan_out = 1;
+            let env = Env {
+                registry: &registry,
+            };
+            let node = new_node(None, &Ids::new());
+            let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
+            assert!(st.insert(&env, &up, &Ids::new()).is_empty());
+            let running = st.pop_ready(&fifo).expect("the upstream task is ready");
+            assert!(running.take_work().is_some());
+            let result = TaskResult::new(Kwargs::new().with("from_up", 1u8));
+            assert!(st.finish(&up, Outcome::Completed(result)).is_empty());
+            // Its event stays in `out`: pending, so the upstream is live.
+            up
+        };
+        let stopper = {
+            let (state, registry, up) =
+                (Arc::clone(&state), Arc::clone(&registry), Arc::clone(&up));
+            thread::spawn(move || {
+                let mut st = state.lock();
+                let env = Env {
+                    registry: &registry,
+                };
+                let stopped = st.stop(&env, vec![up], false, true);
+                drop(stopped.jobs); // the new task's, if it was stopped
+                stopped.count
+            })
+        };
+        let upstream: Ids = [0].into_iter().collect();
+        let node = new_node(None, &upstream);
+        let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, Some(node)));
+        let linked = {
+            let mut registry = registry.lock();
+            drop(registry.push(Arc::clone(&down)));
+            link(&mut registry, &down, &upstream)
+        };
+        let count = stopper.join().unwrap();
+        assert!(
+            matches!(linked, Linked::Ready),
+            "the upstream had ended either way"
+        );
+        // An edge to the upstream means the link found it live (a stop
+        // leaves edges; it takes the input of a task that never ran).
+        let saw_live = down.with_node(|n| !n.upstream.is_empty()).expect("a node");
+        assert_eq!(
+            saw_live,
+            down.is_stopped(),
+            "linked to the live upstream but not stopped with it, or the reverse"
+        );
+        assert_eq!(count, if saw_live { 2 } else { 1 });
+        state.lock().out.clear();
     });
 }
