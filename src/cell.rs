@@ -62,6 +62,7 @@ use smallvec::SmallVec;
 use crate::group::GroupState;
 use crate::kwargs::Kwargs;
 use crate::result::TaskResult;
+use crate::state::Ids;
 use crate::sync::{Arc, AtomicI32, AtomicU32, AtomicU64, Mutex, Ordering, Weak};
 use crate::task::TaskContext;
 use crate::unwind::Failure;
@@ -234,12 +235,14 @@ struct Progress {
 /// A task's place in the dependency graph: present once the task has
 /// upstream tasks or a task was added after it before it ended (it is
 /// then `PROMOTED`; a task added after it once it finished gets a late
-/// edge in the registry instead, registry invariant 4). Read and changed only under the scheduler lock (and
-/// the slot lock, which guards it); see `state.rs` for its invariants.
+/// edge in the registry instead, registry invariant 4). Read and changed
+/// only under the scheduler lock (and the slot lock, which guards it); see
+/// `state.rs` for its invariants.
 ///
-/// Edges are `Weak`: the registry holds every live task, so an edge to a
-/// task that is gone leads nowhere, and no chain of tasks keeps itself
-/// alive or drops recursively.
+/// Edges never keep a task alive: downstream edges are `Weak`, upstream
+/// ones sequence numbers looked up in the registry, which holds every live
+/// task. An edge to a task that is gone leads nowhere, and no chain of
+/// tasks keeps itself alive or drops recursively.
 ///
 /// `repr(C)`, in the order of use: a release reads and writes `waiting_on`
 /// and the input's results, the node's first 96 bytes (two cache lines, or
@@ -258,8 +261,11 @@ pub(crate) struct Node {
     pub(crate) input: Input,
     /// Tasks added later with this one upstream, before it finished.
     pub(crate) downstream: SmallVec<[Weak<TaskCell>; 2]>,
-    /// Upstream tasks that were live when this task was added.
-    pub(crate) upstream: SmallVec<[Weak<TaskCell>; 2]>,
+    /// Upstream tasks that were live when this task was added, by
+    /// sequence number (a stop cascading upstream finds them in the
+    /// registry: a reference here would be an atomic write to each
+    /// upstream cell when linking).
+    pub(crate) upstream: Ids,
 }
 
 /// What the slot lock guards.
@@ -426,6 +432,16 @@ impl Slot {
 
 /// One task's shared record; `W` is its work, a closure's type when the
 /// cell is made and `dyn Work` everywhere else.
+///
+/// `repr(C)`, in this order: what `state::link` reads and writes in an
+/// upstream task that finished (its sequence number, state, late-edge list
+/// and slot: the 64 bytes from `seq`, after the `Arc`'s two counts) lies
+/// in at most two cache lines, one in a quarter of the placements (the
+/// allocator aligns to 16 bytes). The worker that ended the task wrote
+/// them, so each line is a miss for the owner that links. In the
+/// compiler's order the list head and the slot's end were further apart:
+/// up to three lines.
+#[repr(C)]
 pub(crate) struct TaskCell<W: ?Sized + Work = dyn Work> {
     /// Sequence number (its `TaskId` within the manager).
     pub(crate) seq: u64,
@@ -433,8 +449,7 @@ pub(crate) struct TaskCell<W: ?Sized + Work = dyn Work> {
     state: AtomicU64,
     /// The registry's list of edges to tasks added after this one finished
     /// (registry invariant 4); read and written under the registry lock
-    /// only. (Next to `priority`, in what was padding: the cell is no
-    /// larger.)
+    /// only.
     pub(crate) late_head: AtomicU32,
     /// Higher runs first; changed by `set_priority` under the scheduler lock.
     priority: AtomicI32,

@@ -551,14 +551,27 @@ impl State {
                 continue;
             }
             if up || down {
-                cell.with_node(|node| {
-                    let edges = up
-                        .then_some(&node.upstream)
-                        .into_iter()
-                        .chain(down.then_some(&node.downstream))
-                        .flatten();
-                    stack.extend(edges.filter_map(Weak::upgrade));
-                });
+                let upstream = cell
+                    .with_node(|node| {
+                        if down {
+                            stack.extend(node.downstream.iter().filter_map(Weak::upgrade));
+                        }
+                        if up {
+                            node.upstream.clone()
+                        } else {
+                            Ids::new()
+                        }
+                    })
+                    .unwrap_or_default();
+                if !upstream.is_empty() {
+                    // A live upstream task is registered (registry invariant 2).
+                    let registry = env.registry.lock();
+                    stack.extend(
+                        upstream
+                            .iter()
+                            .filter_map(|&seq| registry.find(seq).cloned()),
+                    );
+                }
             }
             stopped.push((cell, found));
         }
@@ -656,7 +669,7 @@ pub(crate) fn new_node(kwargs: Option<Kwargs>, upstream: &Ids) -> Box<Node> {
 pub(crate) fn link(registry: &mut Registry, cell: &Arc<TaskCell>, upstream: &Ids) -> Linked {
     let mut satisfied = 1; // the count held by this call
     let mut given: SmallVec<[(u64, u64, Outcome); 2]> = SmallVec::new();
-    let mut edges = SmallVec::<[Weak<TaskCell>; 2]>::new();
+    let mut edges = Ids::new();
     let mut late = Ids::new();
     let late_room = registry.has_late_room(upstream.len());
     for &seq in upstream {
@@ -686,7 +699,7 @@ pub(crate) fn link(registry: &mut Registry, cell: &Arc<TaskCell>, upstream: &Ids
                 }
             }
         };
-        edges.push(Arc::downgrade(up));
+        edges.push(seq);
         if finished {
             satisfied += 1;
             if let Payload::Done(outcome, order) = &slot.work {
