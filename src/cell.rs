@@ -435,12 +435,12 @@ impl Slot {
 ///
 /// `repr(C)`, in this order: what `state::link` reads and writes in an
 /// upstream task that finished (its sequence number, state, late-edge list
-/// and slot: the 64 bytes from `seq`, after the `Arc`'s two counts) lies
-/// in at most two cache lines, one in a quarter of the placements (the
-/// allocator aligns to 16 bytes). The worker that ended the task wrote
-/// them, so each line is a miss for the owner that links. In the
-/// compiler's order the list head and the slot's end were further apart:
-/// up to three lines.
+/// and slot: the 72 bytes from `seq`, after the `Arc`'s two counts) lies
+/// in two cache lines wherever the allocator (which aligns to 16 bytes)
+/// puts the cell. The worker that ended the task wrote them, so each line
+/// is a miss for the owner that links. In the compiler's order the list
+/// head and the slot's end were further apart: up to three lines. The
+/// group sits with the state, which a group stop reads too.
 #[repr(C)]
 pub(crate) struct TaskCell<W: ?Sized + Work = dyn Work> {
     /// Sequence number (its `TaskId` within the manager).
@@ -453,10 +453,10 @@ pub(crate) struct TaskCell<W: ?Sized + Work = dyn Work> {
     pub(crate) late_head: AtomicU32,
     /// Higher runs first; changed by `set_priority` under the scheduler lock.
     priority: AtomicI32,
+    /// The task's group, if any (read with the state by stops and ends).
+    pub(crate) group: Option<Arc<GroupState>>,
     /// Whether the work is pending, then the outcome, and the waiters.
     pub(crate) payload: Mutex<Slot>,
-    /// The task's group, if any.
-    pub(crate) group: Option<Arc<GroupState>>,
     /// When the task was added, for its tracing span (0: not traced).
     #[cfg(feature = "tracing")]
     pub(crate) queued_at: u64,
