@@ -477,15 +477,44 @@ fn stop_all_tasks_counts_every_live_task_and_the_manager_stays_usable() {
     );
 }
 
-#[test]
-fn ids_whose_events_were_all_delivered_stop_nothing() {
+/// A manager with two workers and two subscriptions, one worker held by
+/// a running task `x` until `gate` opens, and a counter for `counted`.
+struct Held {
+    m: TaskManager,
+    s1: bgtask::Subscription,
+    s2: bgtask::Subscription,
+    counter: Arc<AtomicUsize>,
+    gate: Gate,
+    x: bgtask::TaskHandle<()>,
+}
+
+fn held_with_two_subscribers() -> Held {
     let m = manager(2);
     let s1 = m.subscribe();
     let s2 = m.subscribe();
-    let counter = Arc::new(AtomicUsize::new(0));
     let gate = Gate::new();
     let (x, x_started) = add_blocker(&m, &gate);
     started(&x_started);
+    Held {
+        m,
+        s1,
+        s2,
+        counter: Arc::new(AtomicUsize::new(0)),
+        gate,
+        x,
+    }
+}
+
+#[test]
+fn ids_whose_events_were_all_delivered_stop_nothing() {
+    let Held {
+        m,
+        s1,
+        s2,
+        counter,
+        gate,
+        x,
+    } = held_with_two_subscribers();
     let a = m.add_task(noop).unwrap();
     // b is downstream of a (delivered) and of x (running).
     let b = counted(&m, &counter, &[a.id(), x.id()]);
@@ -509,13 +538,14 @@ fn ids_whose_events_were_all_delivered_stop_nothing() {
 
 #[test]
 fn a_task_delivered_to_one_subscriber_only_is_still_live_and_cascades() {
-    let m = manager(2);
-    let s1 = m.subscribe();
-    let s2 = m.subscribe();
-    let counter = Arc::new(AtomicUsize::new(0));
-    let gate = Gate::new();
-    let (x, x_started) = add_blocker(&m, &gate);
-    started(&x_started);
+    let Held {
+        m,
+        s1,
+        s2,
+        counter,
+        gate,
+        x,
+    } = held_with_two_subscribers();
     let a = m.add_task(noop).unwrap();
     let d = counted(&m, &counter, &[a.id(), x.id()]);
     // s1 got a's Completed, s2 still holds it: a is live to the owner.
@@ -542,13 +572,14 @@ fn a_task_delivered_to_one_subscriber_only_is_still_live_and_cascades() {
 /// finished task are kept apart from its node: this is their only use.)
 #[test]
 fn a_stop_cascades_to_tasks_added_after_the_upstream_finished() {
-    let m = manager(2);
-    let s1 = m.subscribe();
-    let s2 = m.subscribe();
-    let counter = Arc::new(AtomicUsize::new(0));
-    let gate = Gate::new();
-    let (x, x_started) = add_blocker(&m, &gate);
-    started(&x_started);
+    let Held {
+        m,
+        s1,
+        s2,
+        counter,
+        gate,
+        x,
+    } = held_with_two_subscribers();
     let a = m.add_task(noop).unwrap();
     // a has finished: s1 received its Completed, s2 still holds it.
     assert_eq!(take_ev(&s1, 1), [Ev::Done(a.id())]);

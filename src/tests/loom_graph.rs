@@ -78,6 +78,25 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
     });
 }
 
+/// Adds task 0, with a graph node and no upstream, to a manager with one
+/// subscriber (so that it stays live until its event is delivered), and
+/// starts it as a worker does.
+fn running_upstream(
+    state: &Mutex<State>,
+    registry: &Mutex<Registry>,
+    fifo: &crossbeam_queue::SegQueue<Arc<TaskCell>>,
+) -> Arc<TaskCell> {
+    let mut st = state.lock();
+    st.fan_out = 1;
+    let env = Env { registry };
+    let node = new_node(None, &Ids::new());
+    let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
+    assert!(st.insert(&env, &up, &Ids::new()).is_empty());
+    let running = st.pop_ready(fifo).expect("the upstream task is ready");
+    assert!(running.take_work().is_some());
+    up
+}
+
 /// The submitter links a new task to an upstream task (registry and slot
 /// locks only, no scheduler lock) while a worker ends that upstream under
 /// the scheduler lock. Whichever comes first, the new task becomes ready
@@ -88,19 +107,7 @@ fn loom_link_vs_upstream_end() {
         let registry = Arc::new(Mutex::new(Registry::default()));
         let fifo = crossbeam_queue::SegQueue::new();
         let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
-        let up = {
-            let mut st = state.lock();
-            st.fan_out = 1; // one subscriber: the upstream stays live until delivered
-            let env = Env {
-                registry: &registry,
-            };
-            let node = new_node(None, &Ids::new());
-            let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
-            assert!(st.insert(&env, &up, &Ids::new()).is_empty());
-            let running = st.pop_ready(&fifo).expect("the upstream task is ready");
-            assert!(running.take_work().is_some());
-            up
-        };
+        let up = running_upstream(&state, &registry, &fifo);
         let worker = {
             let (state, up) = (Arc::clone(&state), Arc::clone(&up));
             thread::spawn(move || {
@@ -157,22 +164,13 @@ fn loom_link_vs_cascading_stop_of_a_finished_upstream() {
         let registry = Arc::new(Mutex::new(Registry::default()));
         let fifo = crossbeam_queue::SegQueue::new();
         let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
-        let up = {
-            let mut st = state.lock();
-            st.fan_out = 1;
-            let env = Env {
-                registry: &registry,
-            };
-            let node = new_node(None, &Ids::new());
-            let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
-            assert!(st.insert(&env, &up, &Ids::new()).is_empty());
-            let running = st.pop_ready(&fifo).expect("the upstream task is ready");
-            assert!(running.take_work().is_some());
+        let up = running_upstream(&state, &registry, &fifo);
+        {
             let result = TaskResult::new(Kwargs::new().with("from_up", 1u8));
+            let mut st = state.lock();
             assert!(st.finish(&up, Outcome::Completed(result)).is_empty());
             // Its event stays in `out`: pending, so the upstream is live.
-            up
-        };
+        }
         let stopper = {
             let (state, registry, up) =
                 (Arc::clone(&state), Arc::clone(&registry), Arc::clone(&up));
