@@ -268,7 +268,9 @@ pub(crate) struct Node {
     pub(crate) upstream: Ids,
 }
 
-/// What the slot lock guards.
+/// What the slot lock guards. `repr(C)`, the outcome first, right after
+/// the lock (see `TaskCell`'s layout).
+#[repr(C)]
 pub(crate) struct Slot {
     /// The work, then the outcome.
     pub(crate) work: Payload,
