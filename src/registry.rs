@@ -314,13 +314,19 @@ mod tests {
     use super::*;
     use crate::cell::test_cell as cell;
 
-    #[test]
-    fn finds_every_cell_with_and_without_gaps() {
+    /// A registry with a live cell for each of `seqs`, and the cells.
+    fn filled(seqs: std::ops::Range<u64>) -> (Registry, Vec<Arc<TaskCell>>) {
         let mut r = Registry::default();
-        let cells: Vec<_> = (10..3000).map(cell).collect();
+        let cells: Vec<_> = seqs.map(cell).collect();
         for c in &cells {
             drop(r.push(Arc::clone(c)));
         }
+        (r, cells)
+    }
+
+    #[test]
+    fn finds_every_cell_with_and_without_gaps() {
+        let (mut r, _) = filled(10..3000);
         for seq in 10..3000 {
             assert_eq!(r.find(seq).map(|c| c.seq), Some(seq));
         }
@@ -395,11 +401,7 @@ mod tests {
 
     #[test]
     fn late_edges_are_listed_per_upstream_and_survive_reclaiming() {
-        let mut r = Registry::default();
-        let cells: Vec<_> = (0..3000).map(cell).collect();
-        for c in &cells {
-            drop(r.push(Arc::clone(c)));
-        }
+        let (mut r, cells) = filled(0..3000);
         for up in 1..2000 {
             assert!(r.add_late(up, up + 1000));
         }
@@ -433,10 +435,17 @@ mod tests {
         assert_eq!(listed(&r, 2600), [] as [u64; 0]);
         assert!(r.add_late(2600, 2700));
         assert_eq!(listed(&r, 2600), [2700]);
-        // Below the minimum garbage, nothing is rebuilt.
-        let _ = cells[2000].stop();
-        drop(r.push(cell(3001)));
-        assert_eq!(r.late.len(), 4);
+        // Garbage below the thresholds stays: 2500's two edges
+        // stay in the list as garbage when 2000..=2500 leave.
+        for c in &cells[2000..=2500] {
+            let _ = c.stop();
+        }
+        assert_eq!(
+            seqs(r.push(cell(3001))),
+            (2000..=2500).collect::<Vec<u64>>()
+        );
+        assert_eq!((r.late.len(), r.late_garbage), (4, 2));
+        assert_eq!(listed(&r, 2600), [2700]);
     }
 
     /// Pushes cells `from..to`, returning the seqs released on the way and

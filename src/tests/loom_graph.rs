@@ -78,23 +78,35 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
     });
 }
 
-/// Adds task 0, with a graph node and no upstream, to a manager with one
-/// subscriber (so that it stays live until its event is delivered), and
-/// starts it as a worker does.
-fn running_upstream(
-    state: &Mutex<State>,
-    registry: &Mutex<Registry>,
-    fifo: &crossbeam_queue::SegQueue<Arc<TaskCell>>,
-) -> Arc<TaskCell> {
-    let mut st = state.lock();
-    st.fan_out = 1;
-    let env = Env { registry };
-    let node = new_node(None, &Ids::new());
-    let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
-    assert!(st.insert(&env, &up, &Ids::new()).is_empty());
-    let running = st.pop_ready(fifo).expect("the upstream task is ready");
-    assert!(running.take_work().is_some());
-    up
+/// A scheduler state, a registry and a FIFO with task 0 (a graph node, no
+/// upstream) added to a manager with one subscriber (so that it stays live
+/// until its event is delivered) and started as a worker does; the fourth
+/// element is that task.
+type Running = (
+    Arc<Mutex<Registry>>,
+    crossbeam_queue::SegQueue<Arc<TaskCell>>,
+    Arc<Mutex<State>>,
+    Arc<TaskCell>,
+);
+
+fn running_upstream() -> Running {
+    let registry = Arc::new(Mutex::new(Registry::default()));
+    let fifo = crossbeam_queue::SegQueue::new();
+    let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
+    let up = {
+        let mut st = state.lock();
+        st.fan_out = 1;
+        let env = Env {
+            registry: &registry,
+        };
+        let node = new_node(None, &Ids::new());
+        let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
+        assert!(st.insert(&env, &up, &Ids::new()).is_empty());
+        let running = st.pop_ready(&fifo).expect("the upstream task is ready");
+        assert!(running.take_work().is_some());
+        up
+    };
+    (registry, fifo, state, up)
 }
 
 /// The submitter links a new task to an upstream task (registry and slot
@@ -104,10 +116,7 @@ fn running_upstream(
 #[test]
 fn loom_link_vs_upstream_end() {
     loom::model(|| {
-        let registry = Arc::new(Mutex::new(Registry::default()));
-        let fifo = crossbeam_queue::SegQueue::new();
-        let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
-        let up = running_upstream(&state, &registry, &fifo);
+        let (registry, fifo, state, up) = running_upstream();
         let worker = {
             let (state, up) = (Arc::clone(&state), Arc::clone(&up));
             thread::spawn(move || {
@@ -161,10 +170,7 @@ fn loom_link_vs_upstream_end() {
 #[test]
 fn loom_link_vs_cascading_stop_of_a_finished_upstream() {
     loom::model(|| {
-        let registry = Arc::new(Mutex::new(Registry::default()));
-        let fifo = crossbeam_queue::SegQueue::new();
-        let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
-        let up = running_upstream(&state, &registry, &fifo);
+        let (registry, fifo, state, up) = running_upstream();
         {
             let result = TaskResult::new(Kwargs::new().with("from_up", 1u8));
             let mut st = state.lock();
