@@ -288,6 +288,7 @@ mod builder;
 mod cell;
 mod error;
 mod event;
+mod fifo;
 mod group;
 mod handle;
 mod id;

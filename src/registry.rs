@@ -42,6 +42,7 @@
 use std::collections::VecDeque;
 
 use crate::cell::TaskCell;
+use crate::fifo::FifoTail;
 use crate::sync::{Arc, Ordering};
 
 /// `TaskCell::late_head` of a task without late edges (invariant 4).
@@ -121,6 +122,9 @@ pub(crate) struct Registry {
     late: Vec<LateEdge>,
     /// Entries of `late` in lists of cells that left.
     late_garbage: usize,
+    /// The producer end of the manager's FIFO, pushed under this lock
+    /// (`fifo.rs`, invariant 1).
+    pub(crate) fifo: FifoTail,
 }
 
 impl Registry {
@@ -188,7 +192,10 @@ impl Registry {
         let Some(cell) = self.find(up) else {
             return false;
         };
-        let next = cell.late_head.swap(at, Ordering::Relaxed);
+        // Changed under this lock only (invariant 4): a load and a store do
+        // what a swap would, without a locked instruction.
+        let next = cell.late_head.load(Ordering::Relaxed);
+        cell.late_head.store(at, Ordering::Relaxed);
         self.late.push(LateEdge { down, next });
         true
     }

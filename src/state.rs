@@ -44,7 +44,7 @@
 
 use std::collections::HashMap;
 
-use crossbeam_queue::SegQueue;
+use crate::fifo::Fifo;
 use smallvec::SmallVec;
 
 use crate::cell::Job;
@@ -235,7 +235,7 @@ impl State {
     /// Takes the best ready task and claims it for a worker. Compares the
     /// FIFO's head (priority 0, oldest first) with the locked queue by
     /// pulling it in whenever the locked queue has nothing better than 0.
-    pub(crate) fn pop_ready(&mut self, fifo: &SegQueue<Arc<TaskCell>>) -> Option<Arc<TaskCell>> {
+    pub(crate) fn pop_ready(&mut self, fifo: &Fifo) -> Option<Arc<TaskCell>> {
         loop {
             // Compare live entries only: a stale head of a higher level
             // would otherwise keep the FIFO's head out of the comparison.
@@ -792,10 +792,10 @@ mod tests {
 
     /// A registry, a FIFO and a processing scheduler state whose events go
     /// to `fan_out` subscriptions.
-    fn scene(fan_out: usize) -> (Mutex<Registry>, SegQueue<Arc<TaskCell>>, State) {
+    fn scene(fan_out: usize) -> (Mutex<Registry>, Fifo, State) {
         let mut st = State::new(Mode::Processing);
         st.fan_out = fan_out;
-        (Mutex::new(Registry::default()), SegQueue::new(), st)
+        (Mutex::new(Registry::default()), Fifo::default(), st)
     }
 
     /// Adds task `seq` after `upstream` as `submit` does, but a ready task
@@ -822,7 +822,7 @@ mod tests {
     }
 
     /// Takes the next ready task as a worker does: claimed, its work taken.
-    fn start(st: &mut State, fifo: &SegQueue<Arc<TaskCell>>) -> Option<Arc<TaskCell>> {
+    fn start(st: &mut State, fifo: &Fifo) -> Option<Arc<TaskCell>> {
         let cell = st.pop_ready(fifo)?;
         assert!(cell.take_work().is_some(), "a ready task has its work");
         Some(cell)

@@ -5,6 +5,7 @@ use loom::thread;
 
 use super::never;
 use crate::cell::{Outcome, TaskCell};
+use crate::fifo::Fifo;
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
 use crate::result::TaskResult;
@@ -18,7 +19,7 @@ use crate::sync::{Arc, Mutex};
 fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
     loom::model(|| {
         let registry = Mutex::new(Registry::default());
-        let fifo = crossbeam_queue::SegQueue::new();
+        let fifo = Fifo::default();
         let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
         let (u0, u1, d) = {
             let mut st = state.lock();
@@ -82,16 +83,11 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
 /// upstream) added to a manager with one subscriber (so that it stays live
 /// until its event is delivered) and started as a worker does; the fourth
 /// element is that task.
-type Running = (
-    Arc<Mutex<Registry>>,
-    crossbeam_queue::SegQueue<Arc<TaskCell>>,
-    Arc<Mutex<State>>,
-    Arc<TaskCell>,
-);
+type Running = (Arc<Mutex<Registry>>, Fifo, Arc<Mutex<State>>, Arc<TaskCell>);
 
 fn running_upstream() -> Running {
     let registry = Arc::new(Mutex::new(Registry::default()));
-    let fifo = crossbeam_queue::SegQueue::new();
+    let fifo = Fifo::default();
     let state = Arc::new(Mutex::new(State::new(Mode::Processing)));
     let up = {
         let mut st = state.lock();
