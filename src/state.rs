@@ -240,15 +240,15 @@ impl State {
             // Compare live entries only: a stale head of a higher level
             // would otherwise keep the FIFO's head out of the comparison.
             // (Nothing to compare with an empty FIFO: `pop` skips stale
-            // entries itself.)
+            // entries itself.) One look at the FIFO: each is a fence.
             if !fifo.is_empty() {
                 self.ready.drop_stale(is_live_entry);
-            }
-            if !fifo.is_empty() && self.ready.best_priority().is_none_or(|p| p <= 0) {
-                // The FIFO's first live entry, if any, competes by id.
-                while let Some(cell) = fifo.pop() {
-                    if self.push_arrival(cell) {
-                        break;
+                if self.ready.best_priority().is_none_or(|p| p <= 0) {
+                    // The FIFO's first live entry, if any, competes by id.
+                    while let Some(cell) = fifo.pop() {
+                        if self.push_arrival(cell) {
+                            break;
+                        }
                     }
                 }
             }
