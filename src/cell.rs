@@ -63,7 +63,7 @@ use crate::group::GroupState;
 use crate::kwargs::Kwargs;
 use crate::result::TaskResult;
 use crate::state::Ids;
-use crate::sync::{Arc, AtomicI32, AtomicU32, AtomicU64, Mutex, Ordering, Weak};
+use crate::sync::{Arc, AtomicI32, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, Weak};
 use crate::task::TaskContext;
 use crate::unwind::Failure;
 
@@ -245,9 +245,9 @@ struct Progress {
 /// tasks keeps itself alive or drops recursively.
 ///
 /// `repr(C)`, in the order of use: a release reads and writes `waiting_on`
-/// and the input's results, the node's first 96 bytes (two cache lines, or
-/// three where the allocator puts the node 48 bytes into a line); an end
-/// reads `waiting_on` and `downstream`. With the compiler's order,
+/// and the input's results, the node's first 96 bytes (two or three cache
+/// lines, depending on where the node lies); an end reads `waiting_on` and
+/// `downstream`. With the compiler's order,
 /// `waiting_on` came last and the results in between, and every release of
 /// a task (made by the owner, so missing in the worker's cache) cost a line
 /// more.
@@ -271,14 +271,88 @@ pub(crate) struct Node {
 /// What the slot lock guards. `repr(C)`, the outcome first, right after
 /// the lock (see `TaskCell`'s layout).
 #[repr(C)]
-pub(crate) struct Slot {
+pub(crate) struct Slot<N: ?Sized + NodeStore = dyn NodeStore> {
     /// The work, then the outcome.
     pub(crate) work: Payload,
     /// Waiters and progress; boxed, since most tasks have neither and
     /// every cell pays for the field.
     extras: Option<Box<Extras>>,
-    /// The task's graph node, if it has one (boxed: most tasks have none).
-    pub(crate) node: Option<Box<Node>>,
+    /// The task's graph node, if it has one: in the cell for a task added
+    /// with upstream tasks, boxed on demand for one promoted later (most
+    /// tasks have none). Last: the unsized field.
+    pub(crate) node: N,
+}
+
+/// Where a slot keeps its task's graph node: inline (`Node`, a task added
+/// with upstream tasks: one allocation for cell and node) or boxed on
+/// demand (`Option<Box<Node>>`, a task added without, which a later task
+/// may promote).
+pub(crate) trait NodeStore: Send {
+    /// The node, if there is one.
+    fn get(&self) -> Option<&Node>;
+    /// The node, if there is one.
+    fn get_mut(&mut self) -> Option<&mut Node>;
+    /// The node, made empty first if there was none.
+    fn get_or_insert(&mut self) -> &mut Node;
+}
+
+impl NodeStore for Node {
+    fn get(&self) -> Option<&Node> {
+        Some(self)
+    }
+    fn get_mut(&mut self) -> Option<&mut Node> {
+        Some(self)
+    }
+    fn get_or_insert(&mut self) -> &mut Node {
+        self
+    }
+}
+
+impl NodeStore for Option<Box<Node>> {
+    fn get(&self) -> Option<&Node> {
+        self.as_deref()
+    }
+    fn get_mut(&mut self) -> Option<&mut Node> {
+        self.as_deref_mut()
+    }
+    fn get_or_insert(&mut self) -> &mut Node {
+        self.get_or_insert_with(Box::default)
+    }
+}
+
+/// The part of a cell that varies with the task: its slot (whose node is
+/// inline or boxed, [`NodeStore`]) and its work. Unsized to [`Tail`] in
+/// every `TaskCell` the manager holds.
+#[repr(C)]
+pub(crate) struct CellTail<N: NodeStore, W> {
+    /// Whether the work is pending, then the outcome, the waiters and the
+    /// node (the slot lock).
+    payload: Mutex<Slot<N>>,
+    /// The work.
+    work: W,
+}
+
+/// A [`CellTail`] of any node store and work. The work's operations are
+/// its own methods, so that each is one dynamic call.
+pub(crate) trait Tail: Send + Sync {
+    /// The slot lock and what it guards.
+    fn payload(&self) -> &Mutex<Slot>;
+    /// [`Work::run`].
+    fn run_work(&self, ctx: &TaskContext) -> Option<Result<TaskResult, Failure>>;
+    /// [`Work::discard`].
+    fn discard_work(&self);
+}
+
+impl<N: NodeStore + 'static, W: Work> Tail for CellTail<N, W> {
+    fn payload(&self) -> &Mutex<Slot> {
+        &self.payload
+    }
+    fn run_work(&self, ctx: &TaskContext) -> Option<Result<TaskResult, Failure>> {
+        self.work.run(ctx)
+    }
+    fn discard_work(&self) {
+        self.work.discard();
+    }
 }
 
 /// The part of a cell that moves: the work before the task runs, its
@@ -369,7 +443,7 @@ pub(crate) struct CellParts {
     /// Its kwargs, for a task without upstream.
     pub(crate) input: Option<Box<Input>>,
     /// Its node, for a task with upstream.
-    pub(crate) node: Option<Box<Node>>,
+    pub(crate) node: Option<Node>,
 }
 
 /// Makes a new task's cell (see `TaskBuilder::submit`); called once.
@@ -384,7 +458,14 @@ pub(crate) fn never() -> WorkSlot<impl FnOnce(&TaskContext) -> Result<TaskResult
 /// A fast task's cell with work that must never run, for tests.
 #[cfg(test)]
 pub(crate) fn test_cell(seq: u64) -> Arc<TaskCell> {
-    Arc::new(TaskCell::new(seq, 0, None, never(), None, None))
+    Arc::new(TaskCell::new(
+        seq,
+        0,
+        None,
+        never(),
+        None,
+        None::<Box<Node>>,
+    ))
 }
 
 /// The work of a task that will never run, with the input it would have
@@ -400,7 +481,7 @@ pub(crate) struct Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        self.cell.work.discard();
+        self.cell.tail.discard_work();
     }
 }
 
@@ -420,7 +501,7 @@ impl Slot {
     /// results), so that no user value stays in the cell to be dropped
     /// wherever its last reference goes.
     fn unrun_input(&mut self, pending: Option<Box<Input>>) -> Option<Box<Input>> {
-        let node = self.node.as_deref_mut();
+        let node = self.node.get_mut();
         debug_assert!(
             pending.is_none() || node.as_ref().is_none_or(|n| n.input.is_empty()),
             "input in the payload and in the node"
@@ -432,19 +513,22 @@ impl Slot {
     }
 }
 
-/// One task's shared record; `W` is its work, a closure's type when the
-/// cell is made and `dyn Work` everywhere else.
+/// One task's shared record; `T` is its tail (slot and work,
+/// [`CellTail`]) of concrete types when the cell is made and `dyn Tail`
+/// everywhere else. A task added with upstream tasks keeps its graph node
+/// in the slot, so its cell and node are one allocation.
 ///
 /// `repr(C)`, in this order: what `state::link` reads and writes in an
 /// upstream task that finished (its sequence number, state, late-edge list
-/// and slot: the 72 bytes from `seq`, after the `Arc`'s two counts) lies
-/// in two cache lines wherever the allocator (which aligns to 16 bytes)
-/// puts the cell. The worker that ended the task wrote them, so each line
-/// is a miss for the owner that links. In the compiler's order the list
-/// head and the slot's end were further apart: up to three lines. The
-/// group sits with the state, which a group stop reads too.
+/// and slot: 80 bytes from `seq`, the tracing stamp between the group and
+/// the slot) lies in two or three cache lines, as in the compiler's order,
+/// which put the list head and the slot's end further apart. The worker
+/// that ended the task wrote them, so each line is a miss for the owner
+/// that links. The group sits with the state, which a group stop reads
+/// too. (The stamp first, which made the span 72 bytes, made W5's group
+/// stop about 7 ns slower per task and W3 no faster: BENCHMARKS.md item 56.)
 #[repr(C)]
-pub(crate) struct TaskCell<W: ?Sized + Work = dyn Work> {
+pub(crate) struct TaskCell<T: ?Sized + Tail = dyn Tail> {
     /// Sequence number (its `TaskId` within the manager).
     pub(crate) seq: u64,
     /// Flags and pending count (module invariants).
@@ -457,13 +541,11 @@ pub(crate) struct TaskCell<W: ?Sized + Work = dyn Work> {
     priority: AtomicI32,
     /// The task's group, if any (read with the state by stops and ends).
     pub(crate) group: Option<Arc<GroupState>>,
-    /// Whether the work is pending, then the outcome, and the waiters.
-    pub(crate) payload: Mutex<Slot>,
     /// When the task was added, for its tracing span (0: not traced).
     #[cfg(feature = "tracing")]
     pub(crate) queued_at: u64,
-    /// The work (last: the unsized field).
-    work: W,
+    /// The slot and the work (last: the unsized field).
+    tail: T,
 }
 
 impl fmt::Debug for TaskCell {
@@ -479,18 +561,19 @@ impl fmt::Debug for TaskCell {
     }
 }
 
-impl<W: Work> TaskCell<W> {
+impl<N: NodeStore + 'static, W: Work> TaskCell<CellTail<N, W>> {
     /// Creates the cell of a new task; with a `node` for tasks that get one
-    /// at once (those with upstream tasks), which are then `PROMOTED`.
+    /// at once (those with upstream tasks: `Node`, kept in the cell),
+    /// which are then `PROMOTED`, or none (`None::<Box<Node>>`).
     pub(crate) fn new(
         seq: u64,
         priority: i32,
         group: Option<Arc<GroupState>>,
         work: W,
         input: Option<Box<Input>>,
-        node: Option<Box<Node>>,
+        node: N,
     ) -> Self {
-        let promoted = node.is_some();
+        let promoted = node.get().is_some();
         let has_input = input.is_some() || promoted;
         TaskCell {
             seq,
@@ -502,17 +585,24 @@ impl<W: Work> TaskCell<W> {
             state: AtomicU64::new(
                 if promoted { PROMOTED } else { 0 } | if has_input { HAS_INPUT } else { 0 },
             ),
-            payload: Mutex::new(Slot {
-                work: Payload::Pending { input },
-                extras: None,
-                node,
-            }),
-            work,
+            tail: CellTail {
+                payload: Mutex::new(Slot {
+                    work: Payload::Pending { input },
+                    extras: None,
+                    node,
+                }),
+                work,
+            },
         }
     }
 }
 
 impl TaskCell {
+    /// Takes the slot lock.
+    pub(crate) fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.tail.payload().lock()
+    }
+
     /// Returns the task's priority.
     pub(crate) fn priority(&self) -> i32 {
         self.priority.load(Ordering::Relaxed)
@@ -636,12 +726,12 @@ impl TaskCell {
     /// Gives a worker the work and input of a claimed task: the input
     /// added with it (a task without upstream) or gathered in its node.
     pub(crate) fn take_work(&self) -> Option<Option<Input>> {
-        let mut slot = self.payload.lock();
+        let mut slot = self.slot();
         if !matches!(slot.work, Payload::Pending { .. }) {
             return None; // taken already, or ended: an outcome stays
         }
         match std::mem::replace(&mut slot.work, Payload::Empty) {
-            Payload::Pending { input } => Some(match (input, slot.node.as_deref_mut()) {
+            Payload::Pending { input } => Some(match (input, slot.node.get_mut()) {
                 (Some(input), _) => Some(*input),
                 (None, Some(node)) => {
                     let input = std::mem::take(&mut node.input);
@@ -664,12 +754,12 @@ impl TaskCell {
 
     /// Runs the work of a task whose work this worker took (`take_work`).
     pub(crate) fn run_work(&self, ctx: &TaskContext) -> Option<Result<TaskResult, Failure>> {
-        self.work.run(ctx)
+        self.tail.run_work(ctx)
     }
 
     /// Takes the work of a task that will never run, to drop unlocked.
     pub(crate) fn take_job(self: &Arc<Self>) -> Option<Job> {
-        let mut slot = self.payload.lock();
+        let mut slot = self.slot();
         match std::mem::replace(&mut slot.work, Payload::Empty) {
             Payload::Pending { input } => Some(slot.unrun_job(self, input)),
             other => {
@@ -681,7 +771,7 @@ impl TaskCell {
 
     /// Runs `f` on the task's graph node, if it has one (scheduler lock held).
     pub(crate) fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> R) -> Option<R> {
-        self.payload.lock().node.as_deref_mut().map(f)
+        self.slot().node.get_mut().map(f)
     }
 
     /// Returns the number of upstream tasks the task still waits for.
@@ -723,7 +813,7 @@ impl TaskCell {
         if prev & WAITING == 0 {
             return Vec::new();
         }
-        let mut slot = self.payload.lock();
+        let mut slot = self.slot();
         slot.extras
             .as_mut()
             .map(|e| std::mem::take(&mut e.waiters))
@@ -733,7 +823,7 @@ impl TaskCell {
     /// Returns how the task ended, or registers `waiter` to be woken when it
     /// does (invariant 7). `None` means "not yet".
     pub(crate) fn poll_end(&self, waiter: Option<Waiter>) -> Option<HandleEnd> {
-        let mut slot = self.payload.lock();
+        let mut slot = self.slot();
         let s = self.load();
         if s & ENDED != 0 {
             return Some(end_of(s, &slot));
@@ -786,8 +876,8 @@ impl TaskCell {
         pending: usize,
         only_blocked: bool,
     ) -> Option<LinkedEnd> {
-        let mut slot = self.payload.lock();
-        let blocked = slot.node.as_ref().is_some_and(|n| n.waiting_on > 0);
+        let mut slot = self.slot();
+        let blocked = slot.node.get().is_some_and(|n| n.waiting_on > 0);
         if self.load() & ENDED != 0 || (only_blocked && !blocked) {
             return None;
         }
@@ -801,7 +891,7 @@ impl TaskCell {
             _ => None,
         };
         let mut downstream = Cells::new();
-        if let Some(node) = slot.node.as_deref_mut() {
+        if let Some(node) = slot.node.get_mut() {
             // An ended task is never released (state invariant 2).
             node.waiting_on = 0;
             downstream.extend(node.downstream.iter().filter_map(Weak::upgrade));
@@ -870,7 +960,7 @@ impl TaskCell {
         message: String,
         subs: impl Iterator<Item = u64>,
     ) -> SmallVec<[u64; 2]> {
-        let mut slot = self.payload.lock();
+        let mut slot = self.slot();
         let mut need = SmallVec::new();
         if self.is_ended() {
             return need;
@@ -890,7 +980,7 @@ impl TaskCell {
     /// Settles subscription `sub`'s progress marker: returns the latest
     /// report to deliver, or `None` if the task was stopped.
     pub(crate) fn settle_progress(&self, sub: u64) -> Option<(f32, String)> {
-        let mut slot = self.payload.lock();
+        let mut slot = self.slot();
         let progress = slot.extras.as_deref_mut()?.progress.as_mut()?;
         progress.pending.retain(|s| *s != sub);
         if self.is_stopped() {
@@ -903,12 +993,12 @@ impl TaskCell {
     /// pending (see [`Payload::Done`]).
     pub(crate) fn keep_outcome(&self, outcome: Outcome) {
         let order = end_order(&outcome);
-        self.payload.lock().work = Payload::Done(outcome, order);
+        self.slot().work = Payload::Done(outcome, order);
     }
 
     /// Returns the kept outcome, stopped or not.
     pub(crate) fn outcome(&self) -> Option<Outcome> {
-        match &self.payload.lock().work {
+        match &self.slot().work {
             Payload::Done(outcome, _) => Some(outcome.clone()),
             _ => None,
         }
@@ -926,7 +1016,7 @@ impl TaskCell {
     /// code.
     #[must_use = "the outcome must be dropped after the locks are released"]
     pub(crate) fn clear_outcome(&self) -> Option<Outcome> {
-        let mut slot = self.payload.lock();
+        let mut slot = self.slot();
         match std::mem::replace(&mut slot.work, Payload::Empty) {
             Payload::Done(outcome, _) => Some(outcome),
             other => {

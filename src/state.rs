@@ -635,10 +635,10 @@ pub(crate) enum Linked {
 /// [`link`]: its own kwargs, and a count of one per upstream task plus
 /// one that [`link`] holds until it has seen every upstream (state
 /// invariant 2), so that no upstream ending meanwhile releases it early.
-pub(crate) fn new_node(kwargs: Option<Kwargs>, upstream: &Ids) -> Box<Node> {
+pub(crate) fn new_node(kwargs: Option<Kwargs>, upstream: &Ids) -> Node {
     // Every field spelled out: `..Node::default()` would build a default
     // `Input` and drop it again.
-    Box::new(Node {
+    Node {
         waiting_on: upstream.len() as u32 + 1,
         upstream: SmallVec::new(),
         downstream: SmallVec::new(),
@@ -646,7 +646,7 @@ pub(crate) fn new_node(kwargs: Option<Kwargs>, upstream: &Ids) -> Box<Node> {
             kwargs: kwargs.unwrap_or_default(),
             upstream: SmallVec::new(),
         },
-    })
+    }
 }
 
 /// Adds the edges of `cell`, a task just added after `upstream` with a
@@ -677,7 +677,7 @@ pub(crate) fn link(registry: &mut Registry, cell: &Arc<TaskCell>, upstream: &Ids
             satisfied += 1; // ended and forgotten
             continue;
         };
-        let mut slot = up.payload.lock();
+        let mut slot = up.slot();
         // Stable under the slot lock: a promoted task ends under it, and a
         // fast one is promoted under it only while it has not ended.
         let finished = if up.is_promoted() {
@@ -689,7 +689,7 @@ pub(crate) fn link(registry: &mut Registry, cell: &Arc<TaskCell>, upstream: &Ids
         } else {
             match up.promote() {
                 Ok(()) => {
-                    slot.node = Some(Box::default());
+                    slot.node.get_or_insert(); // a fast task has none yet
                     false
                 }
                 Err(Ended::FinishedPending) => true,
@@ -713,7 +713,7 @@ pub(crate) fn link(registry: &mut Registry, cell: &Arc<TaskCell>, upstream: &Ids
         // (A finished fast task given a node here for want of room for a
         // late edge is not promoted: its end has happened.)
         slot.node
-            .get_or_insert_with(Box::default)
+            .get_or_insert()
             .downstream
             .push(Arc::downgrade(cell));
     }
@@ -727,8 +727,8 @@ pub(crate) fn link(registry: &mut Registry, cell: &Arc<TaskCell>, upstream: &Ids
         Outcome::Failed(f) => Some(Arc::clone(f)),
         Outcome::Completed(_) => None,
     });
-    let mut slot = cell.payload.lock();
-    let node = slot.node.as_deref_mut().expect("made by new_node");
+    let mut slot = cell.slot();
+    let node = slot.node.get_mut().expect("made by new_node");
     node.upstream = edges;
     if node.waiting_on == 0 {
         return Linked::Blocked; // failed by a cascade meanwhile: it ended
@@ -815,7 +815,7 @@ mod tests {
             None,
             crate::cell::never(),
             None,
-            Some(node),
+            node,
         ));
         let jobs = st.insert(&env, &cell, &upstream);
         (cell, jobs)

@@ -35,18 +35,20 @@ mod loom_shim {
 
     /// A mutex whose `lock` returns the guard directly.
     #[derive(Debug, Default)]
-    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+    pub(crate) struct Mutex<T: ?Sized>(loom::sync::Mutex<T>);
 
     /// The guard of [`Mutex`]; `Option` so a condvar can take it and put it back.
     #[derive(Debug)]
-    pub(crate) struct MutexGuard<'a, T>(Option<loom::sync::MutexGuard<'a, T>>);
+    pub(crate) struct MutexGuard<'a, T: ?Sized>(Option<loom::sync::MutexGuard<'a, T>>);
 
     impl<T> Mutex<T> {
         /// Creates a mutex.
         pub(crate) fn new(value: T) -> Self {
             Mutex(loom::sync::Mutex::new(value))
         }
+    }
 
+    impl<T: ?Sized> Mutex<T> {
         /// Locks it.
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             MutexGuard(Some(
@@ -66,14 +68,14 @@ mod loom_shim {
         }
     }
 
-    impl<T> Deref for MutexGuard<'_, T> {
+    impl<T: ?Sized> Deref for MutexGuard<'_, T> {
         type Target = T;
         fn deref(&self) -> &T {
             self.0.as_ref().expect("guard present")
         }
     }
 
-    impl<T> DerefMut for MutexGuard<'_, T> {
+    impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
         fn deref_mut(&mut self) -> &mut T {
             self.0.as_mut().expect("guard present")
         }

@@ -8,7 +8,7 @@ use std::panic::Location;
 
 use smallvec::SmallVec;
 
-use crate::cell::{CellParts, Input, TaskCell, WorkSlot};
+use crate::cell::{CellParts, Input, Node, TaskCell, WorkSlot};
 use crate::error::Error;
 use crate::handle::TaskHandle;
 use crate::id::{Group, TaskId};
@@ -405,14 +405,19 @@ impl<'a> TaskBuilder<'a> {
         let mut job = Some(job);
         let mut make = |parts: CellParts| -> Arc<TaskCell> {
             let work = WorkSlot::new(job.take().expect("a task's cell is made once"));
-            Arc::new(TaskCell::new(
-                parts.seq,
-                priority,
-                parts.group,
-                work,
-                parts.input,
-                parts.node,
-            ))
+            let (seq, group, input) = (parts.seq, parts.group, parts.input);
+            match parts.node {
+                // In the cell: one allocation for a task with upstream tasks.
+                Some(node) => Arc::new(TaskCell::new(seq, priority, group, work, input, node)),
+                None => Arc::new(TaskCell::new(
+                    seq,
+                    priority,
+                    group,
+                    work,
+                    input,
+                    None::<Box<Node>>,
+                )),
+            }
         };
         manager
             .shared()

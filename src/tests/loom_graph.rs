@@ -29,7 +29,7 @@ fn loom_two_workers_finish_the_two_upstreams_of_one_task() {
             };
             let cell = |seq, kwargs, up: &Ids| -> Arc<TaskCell> {
                 let node = new_node(Some(kwargs), up);
-                Arc::new(TaskCell::new(seq, 0, None, never(), None, Some(node)))
+                Arc::new(TaskCell::new(seq, 0, None, never(), None, node))
             };
             let up: Ids = [0, 1].into_iter().collect();
             let own = Kwargs::new().with("own", 0u8);
@@ -96,7 +96,7 @@ fn running_upstream() -> Running {
             registry: &registry,
         };
         let node = new_node(None, &Ids::new());
-        let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, Some(node)));
+        let up: Arc<TaskCell> = Arc::new(TaskCell::new(0, 0, None, never(), None, node));
         assert!(st.insert(&env, &up, &Ids::new()).is_empty());
         let running = st.pop_ready(&fifo).expect("the upstream task is ready");
         assert!(running.take_work().is_some());
@@ -126,7 +126,7 @@ fn loom_link_vs_upstream_end() {
         // The submitter, as `Shared::submit` does.
         let upstream: Ids = [0].into_iter().collect();
         let node = new_node(None, &upstream);
-        let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, Some(node)));
+        let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, node));
         let linked = {
             let mut registry = registry.lock();
             drop(registry.push(Arc::clone(&down)));
@@ -188,7 +188,7 @@ fn loom_link_vs_cascading_stop_of_a_finished_upstream() {
         };
         let upstream: Ids = [0].into_iter().collect();
         let node = new_node(None, &upstream);
-        let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, Some(node)));
+        let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, node));
         let linked = {
             let mut registry = registry.lock();
             drop(registry.push(Arc::clone(&down)));
