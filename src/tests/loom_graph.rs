@@ -166,7 +166,7 @@ fn loom_link_vs_upstream_end() {
 #[test]
 fn loom_link_vs_cascading_stop_of_a_finished_upstream() {
     loom::model(|| {
-        let (registry, fifo, state, up) = running_upstream();
+        let (registry, _fifo, state, up) = running_upstream();
         {
             let result = TaskResult::new(Kwargs::new().with("from_up", 1u8));
             let mut st = state.lock();
