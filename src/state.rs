@@ -44,12 +44,12 @@
 
 use std::collections::HashMap;
 
-use crate::fifo::Fifo;
 use smallvec::SmallVec;
 
 use crate::cell::Job;
 use crate::cell::{Cells, Ended, Input, Node, Outcome, Payload, StopFound, TaskCell, Waiter};
 use crate::event::Event;
+use crate::fifo::Fifo;
 use crate::id::{Group, TaskId};
 use crate::kwargs::Kwargs;
 use crate::registry::Registry;
