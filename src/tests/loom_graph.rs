@@ -105,6 +105,19 @@ fn running_upstream() -> Running {
     (registry, fifo, state, up)
 }
 
+/// Adds task 1 after task 0 as the submitter does (`Shared::submit`:
+/// registry lock and slot locks, no scheduler lock); returns its cell and
+/// how `link` left it.
+fn add_after_task_0(registry: &Mutex<Registry>) -> (Arc<TaskCell>, Linked) {
+    let upstream: Ids = [0].into_iter().collect();
+    let node = new_node(None, &upstream);
+    let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, node));
+    let mut registry = registry.lock();
+    drop(registry.push(Arc::clone(&down)));
+    let linked = link(&mut registry, &down, &upstream);
+    (down, linked)
+}
+
 /// The submitter links a new task to an upstream task (registry and slot
 /// locks only, no scheduler lock) while a worker ends that upstream under
 /// the scheduler lock. Whichever comes first, the new task becomes ready
@@ -123,15 +136,7 @@ fn loom_link_vs_upstream_end() {
                 assert!(st.finish(&up, Outcome::Completed(result)).is_empty());
             })
         };
-        // The submitter, as `Shared::submit` does.
-        let upstream: Ids = [0].into_iter().collect();
-        let node = new_node(None, &upstream);
-        let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, node));
-        let linked = {
-            let mut registry = registry.lock();
-            drop(registry.push(Arc::clone(&down)));
-            link(&mut registry, &down, &upstream)
-        };
+        let (down, linked) = add_after_task_0(&registry);
         worker.join().unwrap();
 
         let mut st = state.lock();
@@ -186,14 +191,7 @@ fn loom_link_vs_cascading_stop_of_a_finished_upstream() {
                 stopped.count
             })
         };
-        let upstream: Ids = [0].into_iter().collect();
-        let node = new_node(None, &upstream);
-        let down: Arc<TaskCell> = Arc::new(TaskCell::new(1, 0, None, never(), None, node));
-        let linked = {
-            let mut registry = registry.lock();
-            drop(registry.push(Arc::clone(&down)));
-            link(&mut registry, &down, &upstream)
-        };
+        let (down, linked) = add_after_task_0(&registry);
         let count = stopper.join().unwrap();
         assert!(
             matches!(linked, Linked::Ready),
