@@ -14,6 +14,7 @@
 //! cargo bench --bench peers -- w1 w4 latency # some workloads
 //! BENCH_ROUNDS=2 BENCH_SCALE=0.05 cargo bench --bench peers   # smoke run
 //! BENCH_CONTENDERS=bgtask cargo bench --bench peers -- w2        # floor and bgtask only
+//! BENCH_EACH_ROUND=1 cargo bench --bench peers -- w3             # every round's time too
 //! ```
 //!
 //! Workload names: w1 w2 w3 w4 w5 scaling memory idle latency.
@@ -90,21 +91,30 @@ struct Config {
     contenders: Vec<Contender>,
 }
 
+/// Rounds per workload unless `BENCH_ROUNDS` says otherwise. The issue asks
+/// for at least 5; 11, because bgtask's W2 and W3 rounds are bimodal (a
+/// round's owner either stays ahead of the workers or falls into step with
+/// them, BENCHMARKS.md "What dominates"), and the median of 5 such rounds
+/// flips between the two modes from run to run where the median of 11
+/// mostly does not.
+const DEFAULT_ROUNDS: usize = 11;
+
 /// The workload names the filter accepts.
 const WORKLOADS: [&str; 9] = [
     "w1", "w2", "w3", "w4", "w5", "scaling", "memory", "idle", "latency",
 ];
 
 impl Config {
-    /// Reads `BENCH_ROUNDS` (default 5), `BENCH_SCALE` (default 1.0),
-    /// `BENCH_CONTENDERS` (comma-separated names; the floor always runs) and
-    /// the workload names among the arguments (flags such as `--bench`
-    /// ignored).
+    /// Reads `BENCH_ROUNDS` (default [`DEFAULT_ROUNDS`]), `BENCH_SCALE`
+    /// (default 1.0), `BENCH_CONTENDERS` (comma-separated names; the floor
+    /// always runs) and the workload names among the arguments (flags such
+    /// as `--bench` ignored). (`BENCH_EACH_ROUND`, read by the tables, adds
+    /// every round's time.)
     fn from_env() -> Config {
         let rounds = std::env::var("BENCH_ROUNDS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(5usize)
+            .unwrap_or(DEFAULT_ROUNDS)
             .max(1);
         let scale = std::env::var("BENCH_SCALE")
             .ok()

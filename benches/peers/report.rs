@@ -87,7 +87,8 @@ fn fmt_ns(ns: f64) -> String {
     }
 }
 
-/// Prints a table of `timings` for a measurement over `items` tasks.
+/// Prints a table of `timings` for a measurement over `items` tasks, and
+/// with `BENCH_EACH_ROUND` set, every round's time in the order they ran.
 pub(crate) fn print_table(title: &str, items: usize, timings: &[Timing]) {
     println!();
     println!("{title}");
@@ -112,6 +113,12 @@ pub(crate) fn print_table(title: &str, items: usize, timings: &[Timing]) {
             fmt_rate(rate),
             ratio
         );
+    }
+    if std::env::var_os("BENCH_EACH_ROUND").is_some() {
+        for timing in timings {
+            let rounds: Vec<String> = timing.runs.iter().map(|&d| fmt_duration(d)).collect();
+            println!("    rounds of {}: {}", timing.who, rounds.join(", "));
+        }
     }
 }
 
