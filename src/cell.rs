@@ -548,6 +548,13 @@ pub(crate) struct TaskCell<T: ?Sized + Tail = dyn Tail> {
     tail: T,
 }
 
+/// Prefetches the cells of `node`'s downstream tasks (`prefetch.rs`).
+fn prefetch_edges(node: &Node) {
+    for edge in &node.downstream {
+        crate::prefetch::cell(edge);
+    }
+}
+
 impl fmt::Debug for TaskCell {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskCell")
@@ -725,21 +732,39 @@ impl TaskCell {
 
     /// Gives a worker the work and input of a claimed task: the input
     /// added with it (a task without upstream) or gathered in its node.
+    /// Also prefetches its downstream tasks' cells (see
+    /// [`prefetch_downstream`](Self::prefetch_downstream)).
     pub(crate) fn take_work(&self) -> Option<Option<Input>> {
         let mut slot = self.slot();
         if !matches!(slot.work, Payload::Pending { .. }) {
             return None; // taken already, or ended: an outcome stays
         }
-        match std::mem::replace(&mut slot.work, Payload::Empty) {
-            Payload::Pending { input } => Some(match (input, slot.node.get_mut()) {
-                (Some(input), _) => Some(*input),
-                (None, Some(node)) => {
-                    let input = std::mem::take(&mut node.input);
-                    (!input.is_empty()).then(|| input.merged())
-                }
-                (None, None) => None,
-            }),
-            _ => None,
+        let Payload::Pending { input } = std::mem::replace(&mut slot.work, Payload::Empty) else {
+            unreachable!("matched above, slot locked");
+        };
+        let node = slot.node.get_mut();
+        if let Some(node) = &node {
+            prefetch_edges(node);
+        }
+        Some(match (input, node) {
+            (Some(input), _) => Some(*input),
+            (None, Some(node)) => {
+                let input = std::mem::take(&mut node.input);
+                (!input.is_empty()).then(|| input.merged())
+            }
+            (None, None) => None,
+        })
+    }
+
+    /// Prefetches the cells of the task's downstream tasks, for a worker
+    /// about to run it that does not call [`take_work`](Self::take_work):
+    /// this task's end releases them under the scheduler lock, and their
+    /// cells, written by whoever added them, are likely cold in this
+    /// core's caches. Started now, the loads arrive while the task runs
+    /// (see `prefetch.rs`).
+    pub(crate) fn prefetch_downstream(&self) {
+        if let Some(node) = self.slot().node.get() {
+            prefetch_edges(node);
         }
     }
 

@@ -995,13 +995,18 @@ impl Shared {
         busy: &AtomicUsize,
         handoff: &Arc<Handoff>,
     ) -> Option<Arc<TaskCell>> {
-        // A task without input needs no slot lock to start (cell invariant 9).
+        // A task without input needs no slot lock to start (cell invariant 9);
+        // one with downstream tasks takes it to prefetch their cells, as
+        // `take_work` does for a task with input.
         let input = if cell.has_input() {
             match cell.take_work() {
                 Some(input) => input,
                 None => return self.not_started(&cell, w, busy),
             }
         } else {
+            if cell.is_promoted() {
+                cell.prefetch_downstream();
+            }
             None
         };
         let id = TaskId {

@@ -1,0 +1,88 @@
+//! A cache prefetch hint for task cells: the crate's one `unsafe` block.
+//!
+//! A worker that starts a task with downstream tasks asks the CPU to start
+//! loading those tasks' cells ([`cell`]), so that the misses overlap with
+//! the task's run instead of falling into the scheduler lock's critical
+//! section at its end. There, releasing each downstream task reads and
+//! writes its cell (the `Arc` counts, the state, the slot lock, the node's
+//! count and results), which the owner wrote when it added the task, often
+//! long before: cache misses, one after the other (each locked instruction
+//! waits for the one before), while the other worker waits for the lock.
+//! In W3 of `benches/peers.rs` that made the scheduler lock's sections, and
+//! so the two workers, about a quarter slower (BENCHMARKS.md item 61).
+//!
+//! A plain read cannot do this: reaching a cell through its `Weak` edge
+//! takes a locked instruction (the upgrade), which waits for the miss there
+//! and then, and measured slower than doing nothing. A prefetch instruction
+//! waits for nothing.
+
+use crate::sync::Weak;
+
+/// The size of the `Arc` header (strong and weak counts) before a cell's
+/// fields: `std`'s `ArcInner` for a type aligned to at most 16 bytes.
+const ARC_HEADER: usize = 16;
+
+/// Bytes of a cell to prefetch, from its `Arc` header: a graph task's cell
+/// (counts, state, slot lock, payload, node, the start of the closure) is
+/// about 300 bytes; see `TaskCell` and `Node` for the layout.
+const CELL_SPAN: usize = 384;
+
+/// A cache line on the machines this is tuned for.
+const LINE: usize = 64;
+
+/// Asks the CPU to start loading the cache lines of the cell `edge` points
+/// to, whether or not it is still alive. A hint: it changes no memory, and
+/// a wrong or dangling address costs a wasted load at most.
+pub(crate) fn cell<T: ?Sized>(edge: &Weak<T>) {
+    let fields = Weak::as_ptr(edge).cast::<u8>();
+    lines(fields.wrapping_sub(ARC_HEADER), CELL_SPAN);
+}
+
+/// Prefetches every cache line holding one of the `len` bytes from
+/// `start`, into every cache level; does nothing on other targets than
+/// x86_64.
+#[allow(unsafe_code)]
+fn lines(start: *const u8, len: usize) {
+    let skew = start as usize % LINE; // `start`'s place in its line
+    let first = start.wrapping_sub(skew);
+    #[cfg(target_arch = "x86_64")]
+    for offset in (0..skew + len).step_by(LINE) {
+        let line = first.wrapping_add(offset).cast::<i8>();
+        // SAFETY: `_mm_prefetch` is `unsafe` only because it is declared
+        // with `#[target_feature(enable = "sse")]`, and SSE is part of every
+        // x86_64 target. The instruction is a hint: it reads nothing the
+        // program can observe, never faults (any address is allowed, valid
+        // or not, which is why the pointer arithmetic above wraps and no
+        // provenance is needed), and writes no memory.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (first, len);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::Arc;
+
+    // Runs under Miri too (`cargo +nightly miri test --lib prefetch`, in
+    // `.ci/run`), which checks that the hint is sound on live, freed and
+    // never-allocated addresses.
+    #[test]
+    fn prefetching_live_freed_and_dangling_cells_is_harmless() {
+        let live = Arc::new([7u64; 40]);
+        let edge = Arc::downgrade(&live);
+        cell(&edge);
+        assert_eq!(live[39], 7, "the hint changed nothing");
+
+        drop(live);
+        assert!(edge.upgrade().is_none());
+        cell(&edge); // freed: a wasted load at most
+
+        cell(&Weak::<[u64; 40]>::new()); // never allocated
+        lines(std::ptr::null(), 4 * LINE);
+        lines(std::ptr::null::<u8>().wrapping_sub(1), 2 * LINE); // wraps around
+    }
+}
