@@ -280,7 +280,9 @@
 //!   record is released). Their `Drop` must not call back into the same
 //!   manager. A task closure's captures are always dropped with no lock held.
 
-// One exception, allowed where it is: the prefetch hint of `prefetch.rs`.
+// No `unsafe` but one block, allowed where it is: the cache prefetch hint of
+// `prefetch.rs` (its SAFETY comment says why it is sound; `.ci/run` runs its
+// test under Miri).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
