@@ -206,6 +206,20 @@ impl ReadyQueue {
         }
     }
 
+    /// Prefetches the cell of the best entry, the likely next pop (see
+    /// `prefetch.rs`): the queue's cells were written by whoever queued
+    /// them, often long before, and the next pop's reads of them would
+    /// otherwise miss one after the other, under the scheduler lock.
+    pub(crate) fn prefetch_best(&self) {
+        let best = self.best().and_then(|(at, _)| match at {
+            At::Dense(i) => self.dense[i].peek(),
+            At::Sparse(p) => self.sparse.get(&Reverse(p)).and_then(Level::peek),
+        });
+        if let Some(cell) = best {
+            crate::prefetch::held(cell);
+        }
+    }
+
     /// Returns the highest priority with an entry (live or stale).
     pub(crate) fn best_priority(&self) -> Option<i32> {
         self.best().map(|(_, p)| p)

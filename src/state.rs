@@ -257,6 +257,7 @@ impl State {
             // In the queue and not stopped (stops clear IN_READY under this
             // lock); a member of a group at its limit is held instead.
             if cell.claim_from_ready() && cell.group.as_ref().is_none_or(|g| g.admit(&cell)) {
+                self.ready.prefetch_best();
                 return Some(cell);
             }
         }
