@@ -576,17 +576,15 @@ impl State {
             }
             stopped.push((cell, found));
         }
-        // Pass 2: undo what each held: its job, its queue entry, its group
-        // membership, and its hold on downstream tasks.
+        // Pass 2: undo what each held: its queue entry, its group
+        // membership, its hold on downstream tasks, and its job.
+        let count = stopped.len();
         let mut jobs = Vec::new();
-        for (cell, found) in &stopped {
-            match *found {
+        for (cell, found) in stopped {
+            match found {
                 StopFound::NotLive => unreachable!("filtered in pass 1"),
                 StopFound::Finished => self.discarded.extend(cell.clear_outcome()),
                 StopFound::Unfinished { claimed, in_ready } => {
-                    if !claimed {
-                        jobs.extend(cell.take_job());
-                    }
                     if in_ready {
                         self.queued -= 1;
                     }
@@ -600,13 +598,14 @@ impl State {
                     if cell.is_promoted() {
                         self.release(cell.seq, cell.downstream(), None);
                     }
+                    // Last: the job takes this reference along.
+                    if !claimed {
+                        jobs.extend(cell.into_job());
+                    }
                 }
             }
         }
-        Stopped {
-            count: stopped.len(),
-            jobs,
-        }
+        Stopped { count, jobs }
     }
 
     /// Shuts down: stops every task and forgets the locked ready queue.
