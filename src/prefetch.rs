@@ -29,9 +29,12 @@ use crate::sync::{Arc, Weak};
 /// fields: `std`'s `ArcInner` for a type aligned to at most 16 bytes.
 const ARC_HEADER: usize = 16;
 
-/// Bytes of a cell to prefetch, from its `Arc` header: a graph task's cell
-/// (counts, state, slot lock, payload, node, the start of the closure) is
-/// about 300 bytes; see `TaskCell` and `Node` for the layout.
+/// Bytes of a cell to prefetch, from its `Arc` header, when only a `Weak`
+/// to it is at hand (its size is then unknown): a graph task's cell
+/// (counts, state, slot lock, payload, node, closure) is about 330 bytes
+/// with a closure of a few words; see `TaskCell` and `Node` for the layout.
+/// In W3, 192 and 320 bytes measured slower, 448 no faster, and 576
+/// slower again (BENCHMARKS.md item 61).
 const CELL_SPAN: usize = 384;
 
 /// A cache line on the machines this is tuned for.
