@@ -783,38 +783,30 @@ impl TaskCell {
     }
 
     /// Takes the work of a task that will never run, to drop unlocked.
+    /// (For the rare callers that keep their reference; a stop uses
+    /// [`into_job`](Self::into_job).)
     pub(crate) fn take_job(self: &Arc<Self>) -> Option<Job> {
-        let input = self.take_unrun_input()?;
-        Some(Job {
-            cell: Arc::clone(self),
-            _input: input,
-        })
+        Arc::clone(self).into_job()
     }
 
     /// [`take_job`](Self::take_job) with the caller's reference moved into
     /// the job: a stop of many tasks saves a count increment and decrement
     /// on each cell.
     pub(crate) fn into_job(self: Arc<Self>) -> Option<Job> {
-        let input = self.take_unrun_input()?;
+        let input = {
+            let mut slot = self.slot();
+            match std::mem::replace(&mut slot.work, Payload::Empty) {
+                Payload::Pending { input } => slot.unrun_input(input),
+                other => {
+                    slot.work = other; // taken already, or ended: an outcome stays
+                    return None;
+                }
+            }
+        };
         Some(Job {
             cell: self,
             _input: input,
         })
-    }
-
-    /// Moves the slot out of `Pending` for a task that will never run and
-    /// returns the input it would have run with; `None` if the work was
-    /// taken already, or the task ended (an outcome stays).
-    #[allow(clippy::option_option)] // the outer `None` is "no job"
-    fn take_unrun_input(&self) -> Option<Option<Box<Input>>> {
-        let mut slot = self.slot();
-        match std::mem::replace(&mut slot.work, Payload::Empty) {
-            Payload::Pending { input } => Some(slot.unrun_input(input)),
-            other => {
-                slot.work = other;
-                None
-            }
-        }
     }
 
     /// Runs `f` on the task's graph node, if it has one (scheduler lock held).
